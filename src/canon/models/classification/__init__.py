@@ -1,0 +1,2 @@
+"""Image classifiers, one file per family. Each import registers that family's names."""
+# Add one line per family file, in the canon's order.

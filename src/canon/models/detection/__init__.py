@@ -1,0 +1,1 @@
+"""detection models (not yet written)."""

@@ -1,0 +1,1 @@
+"""generative models (not yet written)."""

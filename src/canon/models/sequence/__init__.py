@@ -1,0 +1,1 @@
+"""sequence models (not yet written)."""
