@@ -1,0 +1,192 @@
+"""Tasks: the plug points that make the one training loop serve every kind of model.
+
+A task knows its data (how to build the train/test datasets and their transforms), its loss,
+its running statistics and its evaluation. The :class:`~canon.engine.trainer.Trainer` knows
+none of that: it calls the task.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["Task", "ClassificationTask", "get_task", "register_task", "TASKS"]
+
+
+@dataclass
+class StepStats:
+    """Sums over the batches of an epoch; ``as_dict`` divides by the sample count."""
+
+    loss_sum: float = 0.0
+    count: int = 0
+    extra: dict[str, float] = field(default_factory=dict)
+
+    def add(self, loss: float, count: int, **extra: float) -> None:
+        self.loss_sum += loss * count
+        self.count += count
+        for k, v in extra.items():
+            self.extra[k] = self.extra.get(k, 0.0) + v
+
+    def as_dict(self, prefix: str) -> dict[str, float]:
+        n = max(self.count, 1)
+        out = {f"{prefix}_loss": self.loss_sum / n}
+        out.update({f"{prefix}_{k}": v / n for k, v in self.extra.items()})
+        return out
+
+
+class Task:
+    """The interface a task implements. See :class:`ClassificationTask` for a full example."""
+
+    name: str = "task"
+    primary_metric: str = "test_loss"  # key of ``evaluate``'s result used to pick ``best``
+    higher_is_better: bool = False
+
+    def build_datasets(self, data: str, data_dir: str | None, *, input_size: tuple[int, int] | None,
+                       augment: str, model_input_size: tuple[int, ...]):
+        """Return (train_dataset, test_dataset, dataset_info, input_size)."""
+        raise NotImplementedError
+
+    def model_kwargs(self, info) -> dict[str, Any]:
+        """Arguments the data fixes for the model (e.g. ``num_classes``, ``in_chans``)."""
+        return {}
+
+    def compute_loss(self, model: nn.Module, batch, stats: StepStats, *, teacher: nn.Module | None = None,
+                     class_weights: torch.Tensor | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader) -> dict[str, float]:
+        raise NotImplementedError
+
+
+# ----------------------------------------------------------------------------- classification
+def _input_size_accepted(model: nn.Module, in_chans: int, size: tuple[int, int]) -> bool:
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, in_chans, *size))
+        return True
+    except ValueError:
+        return False
+    finally:
+        model.train(was_training)
+
+
+class ClassificationTask(Task):
+    """Image classification: cross-entropy on logits, accuracy, top-5 and per-class metrics.
+
+    Model outputs: a logits tensor; in training, models with auxiliary classifiers may return
+    ``{"logits": ..., "aux_logits": [...]}`` (weighted by ``model.aux_loss_weight``) and DeiT's
+    distilled models ``{"logits": ..., "dist_logits": ...}`` (hard distillation from a teacher).
+    """
+
+    name = "classification"
+    primary_metric = "test_accuracy"
+    higher_is_better = True
+
+    def __init__(self, label_smoothing: float = 0.0):
+        self.label_smoothing = label_smoothing
+
+    def build_datasets(self, data, data_dir, *, input_size, augment, model_input_size, model=None):
+        from canon.data import TransformedDataset, build_dataset
+        from canon.data import transforms as T
+
+        train = build_dataset(data, split="train", data_dir=data_dir)
+        test = build_dataset(data, split="test", data_dir=data_dir)
+        info = train.info
+        if input_size is None:
+            native = tuple(info.image_size)
+            # Train at the data's own size when the model takes it; otherwise at the model's size.
+            if model is not None and _input_size_accepted(model, info.in_chans, native):
+                input_size = native
+            else:
+                input_size = tuple(model_input_size[-2:])
+        train_tf = T.default_transforms(info, input_size, train=True, augment=augment)
+        test_tf = T.default_transforms(info, input_size, train=False, augment=augment)
+        return TransformedDataset(train, train_tf), TransformedDataset(test, test_tf), info, tuple(input_size)
+
+    def model_kwargs(self, info):
+        return {"num_classes": info.num_classes, "in_chans": info.in_chans}
+
+    def compute_loss(self, model, batch, stats, *, teacher=None, class_weights=None):
+        images, labels = batch
+        output = model(images)
+        ce = lambda logits, target: F.cross_entropy(  # noqa: E731
+            logits, target, weight=class_weights, label_smoothing=self.label_smoothing)
+        if isinstance(output, dict):
+            logits = output["logits"]
+            if "dist_logits" in output:
+                if teacher is None:
+                    raise ValueError("the model returns distillation logits but no teacher was given; "
+                                     "pass --teacher RUN_DIR or turn distilled_training off")
+                with torch.no_grad():
+                    teacher_labels = teacher(images).argmax(dim=1)
+                # DeiT hard distillation: 1/2 CE(cls head, y) + 1/2 CE(dist head, teacher argmax)
+                loss = 0.5 * ce(logits, labels) + 0.5 * F.cross_entropy(output["dist_logits"], teacher_labels)
+                logits = (logits + output["dist_logits"]) / 2
+            else:
+                loss = ce(logits, labels)
+            for aux in output.get("aux_logits", []):
+                loss = loss + getattr(model, "aux_loss_weight", 0.3) * ce(aux, labels)
+        else:
+            logits = output
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_labels = teacher(images).argmax(dim=1)
+                loss = 0.5 * ce(logits, labels) + 0.5 * F.cross_entropy(logits, teacher_labels)
+            else:
+                loss = ce(logits, labels)
+        correct = (logits.detach().argmax(dim=1) == labels).sum().item()
+        stats.add(loss.item(), labels.numel(), accuracy=correct)
+        return loss
+
+    @torch.no_grad()
+    def evaluate(self, model, loader, *, num_classes: int | None = None, full: bool = False):
+        """Loss and accuracy; with ``full=True`` also top-5, per-class P/R/F1 and the confusion matrix."""
+        model.eval()
+        stats = StepStats()
+        all_logits, all_labels = [], []
+        for images, labels in loader:
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels, reduction="sum").item()
+            stats.add(loss / max(labels.numel(), 1), labels.numel(),
+                      accuracy=(logits.argmax(1) == labels).sum().item())
+            if full:
+                all_logits.append(logits)
+                all_labels.append(labels)
+        result = stats.as_dict("test")
+        if full and all_logits:
+            result.update(classification_report(torch.cat(all_logits), torch.cat(all_labels), num_classes))
+        return result
+
+
+def classification_report(logits: torch.Tensor, labels: torch.Tensor, num_classes: int | None) -> dict:
+    """Top-1/top-5 accuracy, per-class precision/recall/F1 and the confusion matrix (pure)."""
+    num_classes = num_classes or logits.shape[1]
+    k = min(5, logits.shape[1])
+    top5 = (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean().item()
+    preds = logits.argmax(1)
+    cm = torch.bincount(labels * num_classes + preds, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    tp = cm.diag().double()
+    precision = (tp / cm.sum(0).clamp(min=1)).tolist()
+    recall = (tp / cm.sum(1).clamp(min=1)).tolist()
+    f1 = [2 * p * r / (p + r) if p + r > 0 else 0.0 for p, r in zip(precision, recall)]
+    return {"top5_accuracy": top5, "precision": precision, "recall": recall, "f1": f1,
+            "macro_f1": sum(f1) / len(f1), "confusion_matrix": cm.tolist()}
+
+
+TASKS: dict[str, type[Task]] = {"classification": ClassificationTask}
+
+
+def register_task(name: str, cls: type[Task]) -> None:
+    TASKS[name] = cls
+
+
+def get_task(name: str, **kwargs) -> Task:
+    if name not in TASKS:
+        raise ValueError(f"no training task for {name!r} models yet; tasks: {', '.join(TASKS)}")
+    return TASKS[name](**kwargs)
