@@ -1,0 +1,114 @@
+"""Model throughput: forward and training-step images/s, and the GFLOP/s they achieve.
+
+The reference is the machine itself: the float32 matrix-multiply GFLOP/s measured in the same
+run (a large ``torch.mm``), so the table says what fraction of the machine's peak each model
+reaches. Absolute numbers on shared machines are noise; the ratio is the figure to read.
+
+    python benchmarks/bench_models.py                       # every classification model
+    python benchmarks/bench_models.py --pattern 'resnet*' --batch-sizes 1 32
+    python benchmarks/bench_models.py --task segmentation --input-size 512
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+
+import canon
+from canon.engine.summary import summarize
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        times.append(time.perf_counter() - t)
+    return 2 * n ** 3 / min(times) / 1e9
+
+
+def _time(fn, repeats: int, min_seconds: float = 0.5) -> float:
+    fn()  # warm-up
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeats or (time.perf_counter() - start < min_seconds and len(times) < 50):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def _loss(output, num_classes):
+    if isinstance(output, dict):
+        output = output.get("logits", output.get("out"))
+    if output.dim() == 4:  # dense prediction
+        target = torch.zeros(output.shape[0], *output.shape[2:], dtype=torch.long)
+        return F.cross_entropy(output, target)
+    return F.cross_entropy(output, torch.zeros(output.shape[0], dtype=torch.long))
+
+
+def bench(name: str, batch_sizes: list[int], input_size: int | None, repeats: int, peak: float) -> list[dict]:
+    info = canon.model_info(name)
+    model = canon.create_model(name)
+    c, h, w = info.input_size
+    if input_size:
+        h = w = input_size
+    macs = summarize(model, (1, c, h, w)).macs
+    rows = []
+    for bs in batch_sizes:
+        x = torch.randn(bs, c, h, w)
+        model.eval()
+
+        def forward():
+            with torch.no_grad():
+                model(x)
+
+        fwd = _time(forward, repeats)
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-4)
+
+        def step():
+            opt.zero_grad(set_to_none=True)
+            _loss(model(x), info.num_classes).backward()
+            opt.step()
+
+        try:
+            trn = _time(step, repeats)
+        except ValueError:  # e.g. batch norm on a 1x1 map with batch 1 has no statistics
+            trn = float("nan")
+        fwd_gflops = 2 * macs * bs / fwd / 1e9
+        trn_gflops = 3 * 2 * macs * bs / trn / 1e9  # backward ~ 2x forward
+        rows.append({"model": name, "input": f"{h}x{w}", "batch": bs, "fwd_img_s": bs / fwd,
+                     "train_img_s": bs / trn, "fwd_gflops": fwd_gflops, "train_gflops": trn_gflops,
+                     "fwd_of_peak": fwd_gflops / peak, "gmacs": macs / 1e9})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="classification")
+    parser.add_argument("--pattern")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--input-size", type=int, help="square input size (default: each model's)")
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    peak = matmul_gflops()
+    print(f"threads: {torch.get_num_threads()}  float32 matmul (2048^3): {peak:.1f} GFLOP/s\n")
+    print("| model | input | batch | GMACs/img | forward img/s | train img/s | forward GFLOP/s | train GFLOP/s "
+          "| forward / matmul peak |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name in canon.list_models(task=args.task, pattern=args.pattern):
+        for r in bench(name, args.batch_sizes, args.input_size, args.repeats, peak):
+            print(f"| {r['model']} | {r['input']} | {r['batch']} | {r['gmacs']:.3f} | {r['fwd_img_s']:.1f} | "
+                  f"{r['train_img_s']:.1f} | {r['fwd_gflops']:.1f} | {r['train_gflops']:.1f} | "
+                  f"{r['fwd_of_peak']:.0%} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
