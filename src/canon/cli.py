@@ -115,7 +115,7 @@ def cmd_train(args) -> int:
     config = TrainConfig(
         model=args.model, data=args.data, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, optimizer=args.optimizer, scheduler=args.scheduler, warmup_epochs=args.warmup_epochs,
-        weight_decay=args.weight_decay, momentum=args.momentum, label_smoothing=args.label_smoothing,
+        weight_decay=args.weight_decay, momentum=args.momentum, label_smoothing=args.label_smoothing, loss=args.loss,
         seed=args.seed, out=args.out or f"runs/{args.model}-{args.data.split(':')[0]}", resume=args.resume,
         augment=args.augment, input_size=_parse_size(args.input_size),
         model_kwargs=_parse_model_args(args.model_arg), teacher=args.teacher, class_weights=args.class_weights,
@@ -232,6 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--label-smoothing", type=float, default=0.0)
+    p.add_argument("--loss", help="task-specific loss: segmentation ce | dice | ce+dice (default ce)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="run folder (default runs/MODEL-DATA)")
     p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")

@@ -88,7 +88,9 @@ class ClassificationTask(Task):
     primary_metric = "test_accuracy"
     higher_is_better = True
 
-    def __init__(self, label_smoothing: float = 0.0):
+    def __init__(self, label_smoothing: float = 0.0, loss: str = "ce"):
+        if loss != "ce":
+            raise ValueError(f"classification trains with cross-entropy (--loss ce), got {loss!r}")
         self.label_smoothing = label_smoothing
 
     def build_datasets(self, data, data_dir, *, input_size, augment, model_input_size, model=None):
@@ -187,6 +189,8 @@ def register_task(name: str, cls: type[Task]) -> None:
 
 
 def get_task(name: str, **kwargs) -> Task:
+    import canon.engine.segmentation  # noqa: F401  (registers the segmentation task)
+
     if name not in TASKS:
         raise ValueError(f"no training task for {name!r} models yet; tasks: {', '.join(TASKS)}")
     return TASKS[name](**kwargs)

@@ -55,6 +55,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     momentum: float = 0.9
     label_smoothing: float = 0.0
+    loss: str | None = None  # task-specific choice, e.g. segmentation: "ce" | "dice" | "ce+dice"
     seed: int = 0
     out: str = "runs/train"
     resume: bool = False
@@ -87,8 +88,10 @@ class Trainer:
         self.run_dir = Path(config.out)
         info = model_info(config.model)  # fails early, with close names, on a typo
         self.model_info = info
-        self.task = get_task(info.task, **({"label_smoothing": config.label_smoothing}
-                                           if info.task == "classification" else {}))
+        options = {"label_smoothing": config.label_smoothing} if info.task == "classification" else {}
+        if config.loss is not None:
+            options["loss"] = config.loss
+        self.task = get_task(info.task, **options)
 
     # -------------------------------------------------------------------------------- setup
     def _build(self):
@@ -126,7 +129,8 @@ class Trainer:
                                          weight_decay=cfg.weight_decay, momentum=cfg.momentum)
         self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, epochs=cfg.epochs,
                                          steps_per_epoch=self.steps_per_epoch, warmup_epochs=cfg.warmup_epochs)
-        self.test_loader = DataLoader(self.test_set, batch_size=max(cfg.batch_size, 256), shuffle=False)
+        self.test_loader = DataLoader(self.test_set, batch_size=getattr(self.task, "eval_batch_size", None)
+                                      or max(cfg.batch_size, 256), shuffle=False)
 
     def _train_loader(self, epoch: int) -> DataLoader:
         # The data order depends on (seed, epoch) alone, so a resumed run sees the same batches.
