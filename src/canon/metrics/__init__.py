@@ -1,1 +1,21 @@
-"""canon.metrics"""
+"""canon.metrics: image quality, classification, segmentation and text metrics."""
+from canon.metrics.classification import (ClassificationMetrics, accuracy, confusion_matrix,
+                                          precision_recall_f1, precision_recall_f1_from_confusion,
+                                          topk_accuracy)
+from canon.metrics.image import MS_SSIM_WEIGHTS, mae, ms_ssim, mse, psnr, rmse, ssim
+from canon.metrics.segmentation import (SegmentationMetrics, dice_from_confusion, iou_from_confusion,
+                                        segmentation_confusion_matrix)
+from canon.metrics.text import (corpus_bleu, normalize_answer, rouge_l, squad_evaluate,
+                                squad_exact_match, squad_f1)
+
+__all__ = [
+    # image quality
+    "mse", "rmse", "mae", "psnr", "ssim", "ms_ssim", "MS_SSIM_WEIGHTS",
+    # classification
+    "accuracy", "topk_accuracy", "confusion_matrix", "precision_recall_f1",
+    "precision_recall_f1_from_confusion", "ClassificationMetrics",
+    # segmentation
+    "segmentation_confusion_matrix", "iou_from_confusion", "dice_from_confusion", "SegmentationMetrics",
+    # text
+    "normalize_answer", "squad_exact_match", "squad_f1", "squad_evaluate", "corpus_bleu", "rouge_l",
+]
