@@ -1,0 +1,149 @@
+"""What every canon dataset shares: the error it raises, the facts it states about itself,
+and the in-memory form the small classification sets are kept in.
+
+A dataset built by :func:`canon.data.build_dataset` has
+
+* ``ds.info``: a :class:`DatasetInfo` (classes, channels, image size, normalisation statistics);
+* ``ds.targets``: a 1-D ``torch.long`` tensor with every label, for class weights and samplers;
+* ``ds[i]``: ``(image, label)`` with ``image`` a float tensor ``[C, H, W]`` in ``[0, 1]``,
+  unnormalised and unaugmented, and ``label`` a Python ``int``.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["DataError", "DatasetInfo", "InMemoryImageDataset", "TransformedDataset", "SPLITS"]
+
+SPLITS = ("train", "test")
+
+
+class DataError(ValueError):
+    """A data file or folder is missing, corrupt, or not in the format canon expected.
+
+    The message is a single line that names the file (or folder) and says what was expected
+    there, so a command-line tool can print it as is. ``path`` and ``expected`` carry the same
+    facts for code; ``path`` is ``None`` when the fault is a name rather than a file.
+
+    The message comes first and alone among the positional arguments so that the error
+    survives being re-raised from a ``DataLoader`` worker, which rebuilds it as ``cls(message)``.
+    """
+
+    def __init__(self, message: str, *, path: str | Path | None = None, expected: str | None = None):
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+        self.expected = expected
+
+
+def data_error(path: str | Path | None, expected: str, found: str | None = None,
+               hint: str | None = None) -> DataError:
+    """Build a :class:`DataError` whose message reads ``PATH: expected X, found Y. HINT``."""
+    where = f"{path}: " if path is not None else ""
+    message = f"{where}expected {expected}"
+    if found:
+        message += f", found {found}"
+    if hint:
+        message += f". {hint}"
+    return DataError(message, path=path, expected=expected)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DatasetInfo:
+    """What a classification dataset states about itself.
+
+    ``image_size`` is ``(H, W)`` of the stored images (for an image folder: of its first image;
+    the default transforms resize every image to the model's input size). ``mean`` and ``std``
+    hold one value per channel, on the ``[0, 1]`` scale, for ``transforms.Normalize``.
+    """
+
+    name: str
+    task: str = "classification"
+    num_classes: int
+    in_chans: int
+    image_size: tuple[int, int]
+    class_names: list[str]
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __post_init__(self):
+        if len(self.class_names) != self.num_classes:
+            raise ValueError(f"{self.name}: {self.num_classes} classes but {len(self.class_names)} "
+                             f"class names")
+        if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
+            raise ValueError(f"{self.name}: mean and std need one value per channel ({self.in_chans}), "
+                             f"got mean={self.mean} std={self.std}")
+        if any(s <= 0 for s in self.std):
+            raise ValueError(f"{self.name}: std must be positive, got {self.std}")
+
+    def to_dict(self) -> dict:
+        """Plain types only, for a run's ``config.yaml`` or a checkpoint."""
+        d = asdict(self)
+        d["image_size"] = list(self.image_size)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+
+class InMemoryImageDataset(Dataset):
+    """Images held as one ``uint8`` tensor ``(N, C, H, W)`` with their labels.
+
+    Indexing converts a single image to float in ``[0, 1]``, so the whole set costs one byte per
+    pixel in memory and ``__getitem__`` is a slice and a division.
+    """
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, info: DatasetInfo, split: str):
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"{info.name}: images must be a uint8 tensor (N, C, H, W), "
+                             f"got {images.dtype} with shape {tuple(images.shape)}")
+        if targets.dim() != 1 or len(targets) != len(images):
+            raise ValueError(f"{info.name}: need one label per image, got {len(images)} images and "
+                             f"labels of shape {tuple(targets.shape)}")
+        self.images = images
+        self.targets = targets.long()
+        self.info = info
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image = self.images[index].float().div_(255.0)  # (C, H, W) in [0, 1]
+        return image, int(self.targets[index])
+
+    def __repr__(self) -> str:
+        c, h, w = self.images.shape[1:]
+        return (f"{type(self).__name__}({self.info.name!r}, split={self.split!r}, n={len(self)}, "
+                f"image=({c}, {h}, {w}), classes={self.info.num_classes})")
+
+
+class TransformedDataset(Dataset):
+    """``ds`` with ``transform`` applied to each image; labels, ``info`` and ``targets`` pass through."""
+
+    def __init__(self, dataset: Dataset, transform: Callable[[torch.Tensor], torch.Tensor] | None):
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable or None, got {type(transform).__name__}")
+        self.dataset = dataset
+        self.transform = transform
+
+    @property
+    def info(self) -> DatasetInfo:
+        return self.dataset.info
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.dataset.targets
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        image, label = self.dataset[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, label
+
+    def __repr__(self) -> str:
+        return f"TransformedDataset({self.dataset!r}, transform={self.transform!r})"
