@@ -371,7 +371,8 @@ def _region_terms(logits: torch.Tensor, target: torch.Tensor, ignore_index: int 
     binary = logits.shape == target.shape or (logits.dim() == target.dim() + 1 and logits.shape[1] == 1)
     if binary:
         # one foreground class: flatten everything after the batch dimension
-        logits, target = logits.reshape(logits.shape[0], 1, -1), target.reshape(target.shape[0], 1, -1)
+        per_sample = math.prod(logits.shape[1:])
+        logits, target = logits.reshape(logits.shape[0], 1, per_sample), target.reshape(target.shape[0], 1, per_sample)
         probs = torch.sigmoid(logits)                                    # (N, 1, M)
         if ignore_index is not None:
             valid = (target != ignore_index).to(probs.dtype)
