@@ -370,3 +370,13 @@ def test_errors_name_expected_and_actual():
         LF.cross_entropy(x, torch.tensor([0, 1, 2, 0]), weight=torch.ones(4))
     with pytest.raises(ValueError, match="binary targets must be 0 or 1"):
         LF.dice_loss(torch.randn(2, 1, 3, 3), torch.full((2, 1, 3, 3), 2.0))
+
+
+def test_any_integer_target_dtype():
+    x = torch.randn(5, 3, generator=_gen())
+    t = torch.tensor([0, 2, 1, 1, 0])
+    for dtype in (torch.int32, torch.uint8):
+        torch.testing.assert_close(LF.cross_entropy(x, t.to(dtype), ignore_index=-100), F.cross_entropy(x, t))
+        torch.testing.assert_close(LF.softmax_focal_loss(x, t.to(dtype), gamma=0.0), F.cross_entropy(x, t))
+        torch.testing.assert_close(LF.class_balanced_focal_loss(x, t.to(dtype), [3, 2, 1]),
+                                   LF.class_balanced_focal_loss(x, t, [3, 2, 1]))

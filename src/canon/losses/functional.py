@@ -176,7 +176,7 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
         raise ValueError(f"{name}: label_smoothing must be in [0, 1], got {label_smoothing}")
 
     log_probs = _class_dim_last(F.log_softmax(logits, dim=1))      # (M, C)
-    flat_target = target.reshape(-1)                                # (M,)
+    flat_target = target.reshape(-1).long()                         # (M,)
     keep = flat_target != ignore_index
     safe_target = torch.where(keep, flat_target, torch.zeros_like(flat_target))
     class_weight = weight.to(log_probs) if weight is not None else log_probs.new_ones(num_classes)
@@ -283,7 +283,7 @@ def softmax_focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float 
     _check_class_target(logits, target, ignore_index, name)
     _check_class_weight(weight, logits.shape[1], name)
     log_probs = _class_dim_last(F.log_softmax(logits, dim=1))      # (M, C)
-    flat_target = target.reshape(-1)
+    flat_target = target.reshape(-1).long()
     keep = flat_target != ignore_index
     safe_target = torch.where(keep, flat_target, torch.zeros_like(flat_target))
     log_p_y = log_probs.gather(1, safe_target[:, None]).squeeze(1)  # (M,)
@@ -352,7 +352,7 @@ def class_balanced_focal_loss(logits: torch.Tensor, target: torch.Tensor,
                          f"{num_classes} classes")
     one_hot = F.one_hot(target.long(), num_classes).to(logits.dtype)
     per_class = sigmoid_focal_loss(logits, one_hot, alpha=None, gamma=gamma, reduction="none")
-    loss = weights[target] * per_class.sum(1)                      # (N,)
+    loss = weights[target.long()] * per_class.sum(1)                      # (N,)
     return reduce_loss(loss, reduction)
 
 
@@ -501,7 +501,8 @@ def fast_rcnn_loss_terms(class_logits: torch.Tensor, box_regression: torch.Tenso
         boxes = box_regression                                                   # (N, 4)
     else:
         index = labels if width == 4 * num_classes else (labels - 1).clamp_min(0)
-        boxes = box_regression.reshape(n, width // 4, 4)[torch.arange(n), index]        # (N, 4)
+        rows = torch.arange(n, device=box_regression.device)
+        boxes = box_regression.reshape(n, width // 4, 4)[rows, index.long()]  # (N, 4)
     foreground = (labels > 0).to(box_regression.dtype)
     loc_term = smooth_l1_loss(boxes, regression_targets, beta=beta, reduction="none").sum(1) * foreground
     return cls_term, loc_term
