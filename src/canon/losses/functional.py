@@ -166,6 +166,10 @@ def cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tens
     arXiv:1512.00567, section 7) replaces the one-hot target by ``(1 - eps) one_hot + eps / C``;
     the loss becomes ``(1 - eps) l_i + eps / C * sum_c -w_c log p_ic``, normalised as above —
     torch's definition, which this matches with and without weights.
+
+    Follows the paper: the uniform prior u(k) = 1/C mixed in with weight eps.
+    Deviates, and why: with class weights the uniform part is weighted per class and the mean
+    divides by ``sum w_y`` — torch's convention, kept so results equal ``F.cross_entropy``.
     """
     name = "cross_entropy"
     _check_reduction(reduction)
@@ -412,13 +416,19 @@ def dice_score(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | N
 def dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int | None = None,
               smooth: float = 1.0, per_image: bool = False, reduction: str = "mean",
               eps: float = 1e-7) -> torch.Tensor:
-    """Soft Dice loss ``1 - Dice`` (Milletari et al., "V-Net", 2016, arXiv:1606.04797; in the
-    squared-free form of Sudre et al. 2017), averaged over classes.
+    """Soft Dice loss ``1 - Dice`` (Milletari et al., "V-Net: Fully Convolutional Neural Networks
+    for Volumetric Medical Image Segmentation", 2016, arXiv:1606.04797), averaged over classes.
 
     Multi-class: logits (N, C, *d), C >= 2, integer target (N, *d) -> softmax probabilities,
     one score per class (background included). Binary: logits and {0, 1} target of the same
     shape, or logits (N, 1, *d) and target (N, *d) -> sigmoid, one foreground score.
     Pixels equal to ``ignore_index`` are removed from both P and G.
+
+    Follows the paper: Dice of soft probabilities against the one-hot target, so it is
+    differentiable and insensitive to the foreground/background ratio.
+    Deviates, and why: plain sums ``|P| + |G|`` in the denominator rather than V-Net's sums of
+    squares (the common form, e.g. segmentation_models_pytorch, equal to the hard Dice/F1 at
+    one-hot probabilities); a ``smooth`` term; several classes averaged.
 
     Scores pool the whole batch (P, G summed over N and pixels), as segmentation_models_pytorch
     does; ``per_image=True`` scores each image separately. ``"none"`` returns the per-class loss
