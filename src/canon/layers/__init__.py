@@ -10,3 +10,7 @@ from canon.layers.pooling import (  # noqa: F401
     avg_pool2d, global_avg_pool2d, max_pool2d, overlapping_max_pool2d, soft_pool2d, spatial_pyramid_pool,
     spp_paper_bins, stochastic_pool2d,
 )
+from canon.layers.norms import (  # noqa: F401
+    BatchNorm2d, GroupNorm, InstanceNorm2d, LayerNorm, LocalResponseNorm, batch_norm, group_norm, instance_norm,
+    layer_norm, local_response_norm,
+)
