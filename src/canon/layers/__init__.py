@@ -14,3 +14,6 @@ from canon.layers.norms import (  # noqa: F401
     BatchNorm2d, GroupNorm, InstanceNorm2d, LayerNorm, LocalResponseNorm, batch_norm, group_norm, instance_norm,
     layer_norm, local_response_norm,
 )
+from canon.layers.activations import (  # noqa: F401
+    Dropout, LeakyReLU, ReLU, ReLU6, Sigmoid, Tanh, dropout, leaky_relu, relu, relu6, sigmoid, tanh,
+)
