@@ -129,13 +129,20 @@ def naive_spp(x, levels):
 
 
 @pytest.mark.parametrize("levels", [(1, 2, 4), (1, 2, 3, 6), (3,)])
-def test_spp_matches_naive_bins_and_adaptive_max_pool(levels):
+@pytest.mark.parametrize("size", [(13, 10), (16, 12)])  # uneven bins, and bins that tile the map exactly
+def test_spp_matches_naive_bins_and_adaptive_max_pool(levels, size):
     torch.manual_seed(7)
-    x = torch.randn(2, 5, 13, 10)
+    x = torch.randn(2, 5, *size)
     out = spatial_pyramid_pool(x, levels)
     torch.testing.assert_close(out, naive_spp(x, levels))
-    ref = torch.cat([F.adaptive_max_pool2d(x, n).flatten(1) for n in levels], 1)
+    xr = x.clone().requires_grad_()
+    x.requires_grad_()
+    out = spatial_pyramid_pool(x, levels)
+    ref = torch.cat([F.adaptive_max_pool2d(xr, n).flatten(1) for n in levels], 1)
     torch.testing.assert_close(out, ref)
+    g = torch.randn_like(ref)
+    torch.testing.assert_close(torch.autograd.grad(out, x, g)[0], torch.autograd.grad(ref, xr, g)[0])
+    x = x.detach()
     ref_avg = torch.cat([F.adaptive_avg_pool2d(x, n).flatten(1) for n in levels], 1)
     torch.testing.assert_close(spatial_pyramid_pool(x, levels, mode="avg"), ref_avg)
 

@@ -157,6 +157,11 @@ def spatial_pyramid_pool(x: torch.Tensor, levels: tuple[int, ...] = (1, 2, 4), m
     reduce = (lambda t: t.amax(dim=(2, 3))) if mode == "max" else (lambda t: t.mean(dim=(2, 3)))
     features = []
     for level in levels:
+        if h % level == 0 and w % level == 0:  # equal, disjoint bins: one reshape, no slicing
+            blocks = x.reshape(n, c, level, h // level, level, w // level)  # (N, C, n, H/n, n, W/n)
+            grid = blocks.amax(dim=(3, 5)) if mode == "max" else blocks.mean(dim=(3, 5))  # (N, C, n, n)
+            features.append(grid.reshape(n, c * level * level))
+            continue
         rows, cols = adaptive_bins(h, level), adaptive_bins(w, level)
         grid = torch.stack([torch.stack([reduce(x[:, :, r0:r1, c0:c1]) for c0, c1 in cols], dim=-1)
                             for r0, r1 in rows], dim=-2)  # (N, C, n, n)
