@@ -10,6 +10,9 @@ spec                   what it is
 ``mnist-folder:PATH``  any folder of MNIST-format IDX files (``train-*``, ``t10k-*``)
 ``imagefolder:PATH``   class-per-folder images (``PATH/train`` + ``PATH/test``, or a fixed 80/20 split)
 =====================  ==========================================================================
+
+Segmentation specs (``isbi-membrane:DIR``, ``voc-seg:DIR``, ``coco-seg:DIR``, ``coco-person:DIR``)
+are described in :mod:`canon.data.segmentation`.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from canon.data.core import SPLITS, data_error
 
 __all__ = ["build_dataset", "list_datasets", "DATASETS"]
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "mnist-folder:PATH", "imagefolder:PATH")
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "mnist-folder:PATH", "imagefolder:PATH",
+            "isbi-membrane:DIR", "voc-seg:DIR", "coco-seg:DIR[?categories=A,B]", "coco-person:DIR")
 _PATH_KINDS = ("mnist-folder", "imagefolder")
 _DOWNLOADABLE = ("mnist", "fashion-mnist", "cifar10")
 
@@ -48,6 +52,9 @@ def build_dataset(spec: str, split: str = "train", data_dir: str | Path | None =
     if split not in SPLITS:
         raise data_error(None, f"split to be one of {SPLITS}", found=repr(split))
     kind, sep, path = spec.partition(":")
+    if kind in ("isbi-membrane", "voc-seg", "coco-seg", "coco-person"):  # canon.data.segmentation
+        from canon.data.segmentation import build_segmentation
+        return build_segmentation(kind, path, split)
     if kind in _PATH_KINDS:
         if not path:
             raise data_error(None, f"a folder after the colon, as in {kind}:PATH", found=repr(spec))

@@ -63,7 +63,7 @@ class SegmentationTask(Task):
 
     # ------------------------------------------------------------------ data
     def build_datasets(self, data, data_dir, *, input_size, augment, model_input_size, model=None):
-        from canon.data import TransformedDataset, build_dataset
+        from canon.data import build_dataset
         from canon.data import segmentation_transforms as ST
 
         train = build_dataset(data, split="train", data_dir=data_dir)
@@ -76,7 +76,7 @@ class SegmentationTask(Task):
         crop = tuple(input_size) if input_size else tuple(model_input_size[-2:])
         train_tf = ST.default_transforms(info, crop, train=True, augment=augment)
         test_tf = ST.default_transforms(info, crop, train=False, augment=augment)
-        return TransformedDataset(train, train_tf), TransformedDataset(test, test_tf), info, crop
+        return ST.PairedTransformedDataset(train, train_tf), ST.PairedTransformedDataset(test, test_tf), info, crop
 
     def model_kwargs(self, info):
         return {"num_classes": info.num_classes, "in_chans": info.in_chans}
@@ -93,6 +93,7 @@ class SegmentationTask(Task):
     def compute_loss(self, model, batch, stats, *, teacher=None, class_weights=None):
         images, masks = batch
         out, aux = _logits(model(images))
+        masks = _centre_crop_to(masks, out.shape[-2:])  # valid-convolution models predict the centre
         if out.shape[-2:] != masks.shape[-2:]:
             raise ValueError(f"model output {tuple(out.shape[-2:])} does not match mask size "
                              f"{tuple(masks.shape[-2:])}; valid-convolution models need masks cropped "
@@ -192,6 +193,16 @@ class SegmentationTask(Task):
                      for i in range(counts.numel()) if counts[i] > 0}
             results.append({"input": str(path), "overlay": str(target), "areas": areas})
         return results
+
+
+def _centre_crop_to(masks: torch.Tensor, size) -> torch.Tensor:
+    """Centre-crop masks (N,H,W) to ``size`` when it is smaller (a valid-convolution output)."""
+    h, w = masks.shape[-2:]
+    th, tw = int(size[0]), int(size[1])
+    if th > h or tw > w or (th, tw) == (h, w):
+        return masks
+    top, left = (h - th) // 2, (w - tw) // 2
+    return masks[..., top:top + th, left:left + tw]
 
 
 def _denormalise(image: torch.Tensor, info) -> torch.Tensor:

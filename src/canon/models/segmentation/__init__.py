@@ -1,2 +1,3 @@
 """Dense-prediction (semantic segmentation) models, one file per family."""
 # Add one line per family file.
+from canon.models.segmentation import unet  # noqa: F401
