@@ -1,0 +1,183 @@
+"""DeiT against timm's layout and counts, torch's Transformer layers, and the paper's loss.
+
+References (independent of canon's code):
+    - parameter counts of timm's models of the same names (e.g. deit_base_distilled_patch16_224
+      87,338,192) and the ``state_dict`` layout written out from timm/models/vision_transformer.py
+      and timm/models/deit.py;
+    - logits from F.conv2d + ``torch.nn.TransformerEncoderLayer(norm_first=True)`` with the same weights,
+      the distilled output being the mean of the two heads (section 4 of arXiv:2012.12877);
+    - the hard-distillation loss written out from eq. 3 with log-softmax.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import canon
+from canon.models.classification.deit import DeiT, hard_distillation_loss
+
+# name: (embed_dim, depth, distilled, timm's parameter count)
+TIMM = {
+    "deit_tiny_patch16_224": (192, 12, False, 5_717_416),
+    "deit_small_patch16_224": (384, 12, False, 22_050_664),
+    "deit_base_patch16_224": (768, 12, False, 86_567_656),
+    "deit_tiny_distilled_patch16_224": (192, 12, True, 5_910_800),
+    "deit_small_distilled_patch16_224": (384, 12, True, 22_436_432),
+    "deit_base_distilled_patch16_224": (768, 12, True, 87_338_192),
+}
+MINI = ["deit_tiny_patch4_28", "deit_tiny_distilled_patch4_28"]
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def timm_layout(dim, depth, distilled, patch=16, image=224, in_chans=3, num_classes=1000, mlp_ratio=4):
+    """(key, shape) set of timm's VisionTransformer / VisionTransformerDistilled."""
+    tokens = (image // patch) ** 2 + (2 if distilled else 1)
+    hidden = dim * mlp_ratio
+    keys = [("cls_token", (1, 1, dim)), ("pos_embed", (1, tokens, dim)),
+            ("patch_embed.proj.weight", (dim, in_chans, patch, patch)), ("patch_embed.proj.bias", (dim,)),
+            ("norm.weight", (dim,)), ("norm.bias", (dim,)),
+            ("head.weight", (num_classes, dim)), ("head.bias", (num_classes,))]
+    if distilled:
+        keys += [("dist_token", (1, 1, dim)), ("head_dist.weight", (num_classes, dim)), ("head_dist.bias", (num_classes,))]
+    for i in range(depth):
+        p = f"blocks.{i}"
+        keys += [(f"{p}.norm1.weight", (dim,)), (f"{p}.norm1.bias", (dim,)),
+                 (f"{p}.attn.qkv.weight", (3 * dim, dim)), (f"{p}.attn.qkv.bias", (3 * dim,)),
+                 (f"{p}.attn.proj.weight", (dim, dim)), (f"{p}.attn.proj.bias", (dim,)),
+                 (f"{p}.norm2.weight", (dim,)), (f"{p}.norm2.bias", (dim,)),
+                 (f"{p}.mlp.fc1.weight", (hidden, dim)), (f"{p}.mlp.fc1.bias", (hidden,)),
+                 (f"{p}.mlp.fc2.weight", (dim, hidden)), (f"{p}.mlp.fc2.bias", (dim,))]
+    return sorted(keys)
+
+
+@pytest.mark.parametrize("name", list(TIMM))
+def test_layout_and_parameter_count_equal_timm(name):
+    dim, depth, distilled, expected = TIMM[name]
+    with torch.device("meta"):
+        model = canon.create_model(name)
+    assert count_params(model) == expected
+    assert sorted((k, tuple(v.shape)) for k, v in model.state_dict().items()) == timm_layout(dim, depth, distilled)
+    with torch.device("meta"):
+        assert model.eval()(torch.randn(2, 3, 224, 224)).shape == (2, 1000)
+
+
+@pytest.mark.parametrize("name", MINI)
+def test_mini_layout(name):
+    model = canon.create_model(name)
+    expected = timm_layout(128, 6, "distilled" in name, patch=4, image=28, in_chans=1, num_classes=10)
+    assert sorted((k, tuple(v.shape)) for k, v in model.state_dict().items()) == expected
+
+
+def reference_forward(model: DeiT, x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """The same network from torch built-ins: F.conv2d, TransformerEncoderLayer stack, LayerNorm, heads."""
+    sd = model.state_dict()
+    dim = sd["cls_token"].shape[-1]
+    patch = sd["patch_embed.proj.weight"].shape[-1]
+    x = F.conv2d(x, sd["patch_embed.proj.weight"], sd["patch_embed.proj.bias"], stride=patch).flatten(2).transpose(1, 2)
+    prefix = [sd["cls_token"]] + ([sd["dist_token"]] if "dist_token" in sd else [])
+    x = torch.cat([p.expand(x.shape[0], -1, -1) for p in prefix] + [x], dim=1) + sd["pos_embed"]
+    for i in range(len(model.blocks)):
+        p = f"blocks.{i}."
+        layer = nn.TransformerEncoderLayer(dim, num_heads, dim_feedforward=sd[p + "mlp.fc1.weight"].shape[0],
+                                           dropout=0.0, activation="gelu", layer_norm_eps=1e-6, batch_first=True,
+                                           norm_first=True).eval()
+        rename = {"self_attn.in_proj_weight": "attn.qkv.weight", "self_attn.in_proj_bias": "attn.qkv.bias",
+                  "self_attn.out_proj.weight": "attn.proj.weight", "self_attn.out_proj.bias": "attn.proj.bias",
+                  "linear1.weight": "mlp.fc1.weight", "linear1.bias": "mlp.fc1.bias",
+                  "linear2.weight": "mlp.fc2.weight", "linear2.bias": "mlp.fc2.bias",
+                  "norm1.weight": "norm1.weight", "norm1.bias": "norm1.bias",
+                  "norm2.weight": "norm2.weight", "norm2.bias": "norm2.bias"}
+        layer.load_state_dict({k: sd[p + v] for k, v in rename.items()})
+        x = layer(x)
+    x = F.layer_norm(x, (dim,), sd["norm.weight"], sd["norm.bias"], eps=1e-6)
+    logits = F.linear(x[:, 0], sd["head.weight"], sd["head.bias"])
+    if "dist_token" in sd:
+        return logits, F.linear(x[:, 1], sd["head_dist.weight"], sd["head_dist.bias"])
+    return logits, None
+
+
+@pytest.mark.parametrize("name", MINI)
+def test_logits_equal_transformer_encoder_layer_stack(name):
+    torch.manual_seed(0)
+    model = canon.create_model(name).eval()
+    x = torch.randn(3, 1, 28, 28)
+    with torch.no_grad():
+        ours = model(x)
+        cls, dist = reference_forward(model, x, num_heads=4)
+    expected = cls if dist is None else (cls + dist) / 2
+    assert (ours - expected).abs().max() <= 1e-4
+
+
+def test_distilled_training_returns_both_heads():
+    torch.manual_seed(0)
+    model = canon.create_model("deit_tiny_distilled_patch4_28", distilled_training=True)
+    x = torch.randn(2, 1, 28, 28)
+    out = model.train()(x)
+    assert set(out) == {"logits", "dist_logits"} and out["logits"].shape == (2, 10)
+    with torch.no_grad():
+        cls, dist = reference_forward(model, x, num_heads=4)
+    assert torch.allclose(out["logits"], cls, atol=1e-4) and torch.allclose(out["dist_logits"], dist, atol=1e-4)
+    assert not torch.allclose(cls, dist)  # two different heads on two different tokens
+    eval_out = model.eval()(x)
+    assert torch.allclose(eval_out, (cls + dist) / 2, atol=1e-4)
+    # Default (distilled_training=False): the average also in training mode.
+    plain = canon.create_model("deit_tiny_distilled_patch4_28").train()
+    assert isinstance(plain(x), torch.Tensor)
+
+
+def test_hard_distillation_loss_equals_eq3():
+    torch.manual_seed(0)
+    logits, dist_logits, teacher = torch.randn(3, 5, 10).unbind(0)
+    labels = torch.randint(0, 10, (5,))
+    teacher_labels = teacher.argmax(dim=1)
+    ce_cls = -logits.log_softmax(1)[torch.arange(5), labels].mean()
+    ce_dist = -dist_logits.log_softmax(1)[torch.arange(5), teacher_labels].mean()
+    got = hard_distillation_loss({"logits": logits, "dist_logits": dist_logits}, labels, teacher)
+    assert torch.allclose(got, 0.5 * ce_cls + 0.5 * ce_dist, atol=1e-6)
+    with pytest.raises(TypeError, match="dist_logits"):
+        hard_distillation_loss(logits, labels, teacher)
+    with pytest.raises(ValueError, match="teacher_logits"):
+        hard_distillation_loss({"logits": logits, "dist_logits": dist_logits}, labels, teacher[:, :3])
+
+
+@pytest.mark.parametrize("name", MINI)
+def test_mini_shape_backward_and_options(name):
+    model = canon.create_model(name, in_chans=3, num_classes=4)
+    out = model(torch.randn(2, 3, 28, 28))
+    assert out.shape == (2, 4)
+    out.sum().backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_distilled_training_gradients_reach_both_heads():
+    model = canon.create_model("deit_tiny_distilled_patch4_28", distilled_training=True, drop_path_rate=0.1)
+    out = model(torch.randn(4, 1, 28, 28))
+    hard_distillation_loss(out, torch.randint(0, 10, (4,)), torch.randn(4, 10)).backward()
+    assert model.head.weight.grad.abs().sum() > 0 and model.head_dist.weight.grad.abs().sum() > 0
+
+
+def test_input_validation_and_options():
+    model = canon.create_model("deit_tiny_patch4_28").eval()
+    with pytest.raises(ValueError, match="input channel"):
+        model(torch.randn(1, 3, 28, 28))
+    with pytest.raises(ValueError, match="too small"):
+        model(torch.randn(1, 1, 2, 2))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        model(torch.randn(1, 1, 30, 30))
+    with pytest.raises(ValueError, match="distilled=True"):
+        canon.create_model("deit_tiny_patch4_28", distilled_training=True)
+    with pytest.raises(TypeError, match="unknown argument"):
+        canon.create_model("deit_tiny_patch4_28", image_size=32)
+    assert model(torch.randn(1, 1, 32, 32)).shape == (1, 10)  # interpolated position embeddings
+
+
+def test_reset_classifier():
+    model = canon.create_model("deit_tiny_distilled_patch4_28").eval()
+    model.reset_classifier(3)
+    assert model(torch.randn(1, 1, 28, 28)).shape == (1, 3)
+    assert model.head_dist.out_features == 3
