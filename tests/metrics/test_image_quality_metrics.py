@@ -203,6 +203,10 @@ def test_ssim_is_differentiable():
     preds = (target + 0.05 * torch.randn_like(target)).requires_grad_(True)
     ssim(preds, target, data_range=1.0).backward()
     assert preds.grad is not None and torch.isfinite(preds.grad).all()
+    # gradients equal finite differences (float64, a 13 x 14 patch: a 3 x 4 valid SSIM map)
+    small_target = target[:, :, :13, :14].double()
+    small_preds = (small_target + 0.1 * torch.rand_like(small_target)).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda p: ssim(p, small_target, data_range=1.0), (small_preds,))
 
 
 @pytest.mark.parametrize("call, match", [

@@ -159,17 +159,43 @@ def gaussian_window_1d(win_size: int = 11, sigma: float = 1.5, *, dtype=torch.fl
     return (g / g.sum()).to(dtype)
 
 
-def _filter_valid(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
-    """Separable Gaussian filtering of every channel of (N, C, H, W), valid region only.
+def _filter_valid_1d(x: torch.Tensor, taps: list[float], dim: int) -> torch.Tensor:
+    """Correlate ``x`` with a symmetric window along ``dim`` (2 or 3), valid region only.
 
-    Returns (N, C, H - k + 1, W - k + 1) for a window of k taps.
+    out[i] = g[r] x[i + r] + sum_{j<r} g[j] (x[i + j] + x[i + 2r - j]), r = len(taps) // 2: the
+    window's symmetry halves the multiplications. Shrinks ``dim`` by len(taps) - 1.
     """
-    channels, k = x.shape[1], window.numel()
-    # Channels-last memory puts the depthwise convolutions on oneDNN's fast path on CPU
-    # (about 2-3x faster here than the default layout); the numbers are the same.
-    x = x.contiguous(memory_format=torch.channels_last)
-    x = F.conv2d(x, window.view(1, 1, k, 1).repeat(channels, 1, 1, 1), groups=channels)  # along H
-    return F.conv2d(x, window.view(1, 1, 1, k).repeat(channels, 1, 1, 1), groups=channels)  # along W
+    k = len(taps)
+    r, size = k // 2, x.shape[dim] - k + 1
+    out = x.narrow(dim, r, size) * taps[r]
+    for j in range(r):
+        out += (x.narrow(dim, j, size) + x.narrow(dim, k - 1 - j, size)) * taps[j]
+    return out
+
+
+# Planes filtered together: about 2^18 values (1 MiB in float32) stay in the CPU cache across
+# the 2 x 11 passes, which makes this about 2-5x faster than filtering the whole batch at once
+# and than torch's depthwise conv2d here (see benchmarks/bench_metrics.py).
+_VALUES_PER_CHUNK = 2 ** 18
+
+
+def _filter_valid(x: torch.Tensor, window: torch.Tensor) -> torch.Tensor:
+    """Separable Gaussian filtering of every plane of (N, P, H, W), valid region only.
+
+    The 2-D window is the outer product of the symmetric 1-D ``window`` (k taps) with itself, so
+    filtering down the columns and then along the rows is the same as the 2-D correlation.
+    Returns (N, P, H - k + 1, W - k + 1).
+    """
+    n, planes, h, w = x.shape
+    taps = window.tolist()
+    if n * planes == 0:
+        return x.new_zeros(n, planes, h - len(taps) + 1, w - len(taps) + 1)
+    flat = x.reshape(n * planes, 1, h, w)
+    step = max(1, _VALUES_PER_CHUNK // (h * w))
+    chunks = [_filter_valid_1d(_filter_valid_1d(flat[i:i + step], taps, 2), taps, 3)  # H, then W
+              for i in range(0, n * planes, step)]
+    out = chunks[0] if len(chunks) == 1 else torch.cat(chunks)
+    return out.reshape(n, planes, out.shape[2], out.shape[3])
 
 
 def _ssim_and_cs(preds: torch.Tensor, target: torch.Tensor, window: torch.Tensor, c1: float,
@@ -179,11 +205,10 @@ def _ssim_and_cs(preds: torch.Tensor, target: torch.Tensor, window: torch.Tensor
     ``preds``, ``target``: (N, C, H, W) floats already divided by the data range, so that
     c1 = K1^2 and c2 = K2^2. Returns two (N, C) tensors.
     """
-    n, c = preds.shape[:2]
+    c = preds.shape[1]
     # One filtering pass over the five moment images: mu_x, mu_y, E[x^2], E[y^2], E[xy].
-    # Built channels-last (N, H, W, 5C) in memory so _filter_valid needs no layout copy.
-    x, y = preds.permute(0, 2, 3, 1), target.permute(0, 2, 3, 1)
-    moments = torch.cat([x, y, x * x, y * y, x * y], dim=3).permute(0, 3, 1, 2)  # (N, 5C, H, W)
+    x, y = preds, target
+    moments = torch.cat([x, y, x * x, y * y, x * y], dim=1)  # (N, 5C, H, W)
     mu_x, mu_y, e_xx, e_yy, e_xy = _filter_valid(moments, window).split(c, dim=1)
     mu_xy = mu_x * mu_y
     mu_sq = mu_x * mu_x + mu_y * mu_y
