@@ -5,7 +5,8 @@ the reference beside it, and prints the ratio (ours / reference). The reference 
 fused torch op, not always the same maths: SoftPool is timed against ``avg_pool2d`` (same
 window, plain mean), deformable convolution against ``F.conv2d`` (same kernel, no offsets), so
 those ratios read as "what the extra maths costs". Absolute times on shared machines are noise;
-the ratio from one run is the figure to read.
+the ratio from one run is the figure to read (ours and the reference are called alternately,
+so both see the same load).
 
     python benchmarks/bench_layers.py                      # CPU, all rows
     python benchmarks/bench_layers.py --device cuda --only deform
@@ -29,17 +30,19 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _time(fn, device: torch.device, repeats: int, min_seconds: float = 0.3) -> float:
-    """Median seconds per call after one warm-up call."""
-    fn()
+def _time_pair(fn, ref, device: torch.device, repeats: int, min_seconds: float = 0.5) -> tuple[float, float]:
+    """Median seconds per call of ``fn`` and ``ref``, called alternately so both see the same machine load."""
+    fn(), ref()  # warm-up
     _sync(device)
-    times, start = [], time.perf_counter()
-    while len(times) < repeats or (time.perf_counter() - start < min_seconds and len(times) < 50):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    times = ([], [])
+    start = time.perf_counter()
+    while len(times[0]) < repeats or (time.perf_counter() - start < min_seconds and len(times[0]) < 50):
+        for f, bucket in ((fn, times[0]), (ref, times[1])):
+            t = time.perf_counter()
+            f()
+            _sync(device)
+            bucket.append(time.perf_counter() - t)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def _fwd_bwd(fn, inputs):
@@ -107,10 +110,10 @@ def main() -> None:
             continue
         ours_f, ours_fb = _fwd_bwd(ours, inputs)
         ref_f, ref_fb = _fwd_bwd(ref, inputs)
-        row = {"layer": name, "input": shape, "reference": ref_name,
-               "fwd_ms": 1e3 * _time(ours_f, device, args.repeats), "ref_fwd_ms": 1e3 * _time(ref_f, device, args.repeats),
-               "fwd_bwd_ms": 1e3 * _time(ours_fb, device, args.repeats),
-               "ref_fwd_bwd_ms": 1e3 * _time(ref_fb, device, args.repeats)}
+        fwd, ref_fwd = _time_pair(ours_f, ref_f, device, args.repeats)
+        fwd_bwd, ref_fwd_bwd = _time_pair(ours_fb, ref_fb, device, args.repeats)
+        row = {"layer": name, "input": shape, "reference": ref_name, "fwd_ms": 1e3 * fwd, "ref_fwd_ms": 1e3 * ref_fwd,
+               "fwd_bwd_ms": 1e3 * fwd_bwd, "ref_fwd_bwd_ms": 1e3 * ref_fwd_bwd}
         row["fwd_ratio"] = row["fwd_ms"] / row["ref_fwd_ms"]
         row["fwd_bwd_ratio"] = row["fwd_bwd_ms"] / row["ref_fwd_bwd_ms"]
         if args.json:
