@@ -151,3 +151,16 @@ def test_bad_arguments_raise_clear_errors():
         deform_conv2d(x, torch.zeros(1, 18, 8, 8), torch.zeros(2, 3, 3, 3), padding=1)
     with pytest.raises(ValueError, match="offset_groups"):
         DeformConv2d(4, 4, offset_groups=3)
+
+
+def test_gradients_match_naive_loop():
+    """Backward as well: autograd through the naive transcription gives the same input, offset and weight grads."""
+    torch.manual_seed(7)
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(2, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    offset = (0.2 + 0.6 * torch.rand(1, 18, 3, 3, dtype=torch.float64) + torch.randint(-2, 2, (1, 18, 3, 3))).requires_grad_()
+    grad_out = torch.randn(1, 2, 3, 3, dtype=torch.float64)
+    ours = torch.autograd.grad(deform_conv2d(x, offset, weight, stride=2, padding=1), (x, offset, weight), grad_out)
+    ref = torch.autograd.grad(naive_deform_conv2d(x, offset, weight, None, 2, 1, 1), (x, offset, weight), grad_out)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b)
