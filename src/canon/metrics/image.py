@@ -169,7 +169,7 @@ def _filter_valid_1d(x: torch.Tensor, taps: list[float], dim: int) -> torch.Tens
     r, size = k // 2, x.shape[dim] - k + 1
     out = x.narrow(dim, r, size) * taps[r]
     for j in range(r):
-        out += (x.narrow(dim, j, size) + x.narrow(dim, k - 1 - j, size)) * taps[j]
+        out.add_(x.narrow(dim, j, size) + x.narrow(dim, k - 1 - j, size), alpha=taps[j])
     return out
 
 
