@@ -170,6 +170,25 @@ def test_corpus_bleu_equals_nltk(seed, num_refs):
     assert as_strings == pytest.approx(expected, abs=1e-12)
 
 
+def test_corpus_bleu_with_hypotheses_shorter_than_four_tokens():
+    """The paper counts no 4-gram in a 3-token hypothesis; NLTK's corpus_bleu counts one (its
+    max(1, .) denominator). Reference: NLTK's building blocks with the paper's denominators."""
+    bleu_score = pytest.importorskip("nltk.translate.bleu_score")
+    references = [[SENTENCES[0].split()], [["a", "big", "dog", "ran"]], [["hello", "there", "friend"]]]
+    hypotheses = [SENTENCES[0].split()[:9], ["a", "big", "dog", "ran"], ["hello", "there"]]
+    log_precision = 0.0
+    for n in range(1, 5):
+        matches = sum(bleu_score.modified_precision(refs, hyp, n).numerator
+                      for refs, hyp in zip(references, hypotheses))
+        totals = sum(max(len(hyp) - n + 1, 0) for hyp in hypotheses)
+        log_precision += math.log(matches / totals) / 4
+    hyp_len = sum(len(h) for h in hypotheses)
+    ref_len = sum(bleu_score.closest_ref_length(refs, len(hyp)) for refs, hyp in zip(references, hypotheses))
+    expected = bleu_score.brevity_penalty(ref_len, hyp_len) * math.exp(log_precision)
+    assert corpus_bleu(references, hypotheses) == pytest.approx(expected, abs=1e-12)
+    assert abs(expected - bleu_score.corpus_bleu(references, hypotheses)) > 1e-3  # NLTK differs here
+
+
 def test_corpus_bleu_brevity_penalty_and_degenerate_cases():
     bleu_score = pytest.importorskip("nltk.translate.bleu_score")
     ref = SENTENCES[0].split()

@@ -21,6 +21,9 @@ Follows the papers:
   (the F1 the ``rouge-score`` package reports); with several references the best F is kept.
 
 Deviates, and why:
+- BLEU counts a hypothesis's n-grams as they are, len - n + 1 or none if shorter than n (the
+  paper, sacreBLEU); NLTK's ``corpus_bleu`` counts max(1, len - n + 1), so the two agree exactly
+  unless some hypothesis has fewer than ``max_n`` tokens.
 - BLEU is returned in [0, 1] (NLTK's scale), not 0-100 (sacreBLEU's). No smoothing: a corpus with
   no matching n-gram of some order scores 0, as in the paper. An empty corpus or empty candidates
   score 0 (the brevity penalty of zero candidate words is exp(-inf) = 0).
@@ -132,7 +135,8 @@ def corpus_bleu(references: Sequence[Sequence[str | Sequence[str]]], hypotheses:
 
     ``references[i]``: the reference sentences of hypothesis i (one or more); sentences are token
     lists or whitespace-tokenised strings. Same value as ``nltk.translate.bleu_score.corpus_bleu``
-    without smoothing.
+    without smoothing whenever every hypothesis has at least ``max_n`` tokens (see the module
+    docstring for shorter ones).
     """
     if not isinstance(max_n, int) or max_n < 1:
         raise ValueError(f"corpus_bleu: max_n must be a positive integer, got {max_n!r}")
