@@ -174,8 +174,9 @@ def _filter_valid_1d(x: torch.Tensor, taps: list[float], dim: int) -> torch.Tens
 
 
 # Planes filtered together: about 2^18 values (1 MiB in float32) stay in the CPU cache across
-# the 2 x 11 passes, which makes this about 2-5x faster than filtering the whole batch at once
-# and than torch's depthwise conv2d here (see benchmarks/bench_metrics.py).
+# the 2 x 6 passes. On one thread this was about 2x faster than filtering the whole batch at
+# once, as fast as torch's depthwise conv2d in float32 and 2-8x faster in float64 (conv2d has no
+# fast float64 path on CPU); benchmarks/bench_metrics.py times it beside scikit-image.
 _VALUES_PER_CHUNK = 2 ** 18
 
 
