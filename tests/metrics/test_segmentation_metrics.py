@@ -142,3 +142,37 @@ def test_empty_and_all_ignored_inputs_give_nan():
 def test_bad_inputs_raise_clear_errors(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+@pytest.fixture(scope="module")
+def isbi_pairs(shared_data):
+    """Ten ISBI-2012 membrane images (1, 512, 512) uint8 and their masks (0 membrane, 1 cell)."""
+    Image = pytest.importorskip("PIL.Image")
+    root = shared_data / "isbi-membrane" / "train"
+    if not (root / "image" / "0.png").is_file():
+        pytest.skip(f"ISBI membrane data not found in {root}")
+    images, masks = [], []
+    for i in range(10):
+        images.append(np.asarray(Image.open(root / "image" / f"{i}.png").convert("L")))
+        masks.append((np.asarray(Image.open(root / "label" / f"{i}.png").convert("L")) > 127).astype(np.int64))
+    return np.stack(images), np.stack(masks)
+
+
+@pytest.mark.data
+def test_real_membrane_masks_with_a_threshold_segmenter_equal_sklearn(isbi_pairs):
+    images, masks = isbi_pairs
+    preds = (images > images.mean()).astype(np.int64)  # bright = cell interior: a crude real segmenter
+    target = masks.copy()
+    target[:, :16], target[:, -16:], target[:, :, :16], target[:, :, -16:] = IGNORE, IGNORE, IGNORE, IGNORE
+    metrics = SegmentationMetrics(2, ignore_index=IGNORE)
+    for start in range(0, 10, 4):
+        metrics.update(torch.from_numpy(preds[start:start + 4]), torch.from_numpy(target[start:start + 4]))
+    result = metrics.compute()
+    keep = target != IGNORE
+    t, p = target[keep], preds[keep]
+    assert result["num_pixels"] == 10 * 480 * 480
+    np.testing.assert_allclose(result["iou"], sk.jaccard_score(t, p, average=None), atol=1e-12)
+    np.testing.assert_allclose(result["dice"], sk.f1_score(t, p, average=None), atol=1e-12)
+    assert result["pixel_accuracy"] == pytest.approx(sk.accuracy_score(t, p), abs=1e-12)
+    assert result["miou"] == pytest.approx(sk.jaccard_score(t, p, average="macro"), abs=1e-12)
+    assert 0.3 < result["miou"] < 0.95  # imperfect, not degenerate
