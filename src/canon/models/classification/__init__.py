@@ -2,6 +2,7 @@
 # Add one line per family file, in the canon's order.
 from canon.models.classification import googlenet  # noqa: F401  (2014)
 from canon.models.classification import resnet  # noqa: F401  (2015)
+from canon.models.classification import densenet  # noqa: F401  (2016)
 from canon.models.classification import mobilenet  # noqa: F401  (2017, 2018)
 from canon.models.classification import vit  # noqa: F401  (2020)
 from canon.models.classification import deit  # noqa: F401  (2020)
