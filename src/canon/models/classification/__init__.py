@@ -1,5 +1,6 @@
 """Image classifiers, one file per family. Each import registers that family's names."""
 # Add one line per family file, in the canon's order.
+from canon.models.classification import lenet  # noqa: F401  (1998)
 from canon.models.classification import googlenet  # noqa: F401  (2014)
 from canon.models.classification import resnet  # noqa: F401  (2015)
 from canon.models.classification import densenet  # noqa: F401  (2016)
