@@ -6,11 +6,13 @@ References (independent of canon's code):
     - the ``state_dict`` layout written out from torchvision/models/vision_transformer.py;
     - logits from a model assembled in the test out of F.conv2d and a stack of
       ``torch.nn.TransformerEncoderLayer(norm_first=True, activation="gelu")`` holding the same weights;
-    - position-embedding interpolation: align_corners=True keeps the corner embeddings exactly and
-      reproduces a position embedding that is linear in the patch coordinates.
+    - position-embedding interpolation: against Keys' cubic convolution (a = -0.75, the kernel of
+      torch's and torchvision's bicubic mode) written out in numpy, with torchvision's
+      align_corners=True and with align_corners=False; corners and the [class] row kept.
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -126,6 +128,39 @@ def test_resize_pos_embed_keeps_prefix_and_corners():
     for (i, j), (k, m) in zip([(0, 0), (0, 6), (6, 0), (6, 6)], [(0, 0), (0, 13), (13, 0), (13, 13)]):
         assert torch.allclose(new[k, m], old[i, j], atol=1e-6)
     assert resize_pos_embed(pos, 7) is pos
+
+
+def cubic_weights(in_size: int, out_size: int, align_corners: bool, a: float = -0.75) -> np.ndarray:
+    """(out, in) matrix of 1-D cubic-convolution interpolation, border samples repeated (Keys 1981)."""
+    def kernel(x):
+        x = abs(x)
+        if x <= 1:
+            return (a + 2) * x ** 3 - (a + 3) * x ** 2 + 1
+        return a * x ** 3 - 5 * a * x ** 2 + 8 * a * x - 4 * a if x < 2 else 0.0
+
+    weights = np.zeros((out_size, in_size))
+    for i in range(out_size):
+        if align_corners:
+            src = i * (in_size - 1) / (out_size - 1) if out_size > 1 else 0.0
+        else:
+            src = (i + 0.5) * in_size / out_size - 0.5
+        base = int(np.floor(src))
+        for j in range(base - 1, base + 3):
+            weights[i, min(max(j, 0), in_size - 1)] += kernel(src - j)
+    return weights
+
+
+@pytest.mark.parametrize("old, new, align_corners", [((7, 7), (14, 10), True), ((7, 7), (5, 4), True),
+                                                     ((6, 6), (9, 12), False)])
+def test_resize_pos_embed_equals_cubic_convolution(old, new, align_corners):
+    torch.manual_seed(0)
+    pos = torch.randn(1, 1 + old[0] * old[1], 8, dtype=torch.float64)
+    out = resize_pos_embed(pos, new, align_corners=align_corners)
+    grid = pos[0, 1:].reshape(old[0], old[1], 8).numpy()
+    wy, wx = cubic_weights(old[0], new[0], align_corners), cubic_weights(old[1], new[1], align_corners)
+    expected = np.einsum("ij,jkc,lk->ilc", wy, grid, wx).reshape(new[0] * new[1], 8)
+    np.testing.assert_allclose(out[0, 1:].numpy(), expected, atol=1e-8)
+    assert torch.equal(out[:, :1], pos[:, :1])
 
 
 def test_resize_pos_embed_is_exact_on_a_constant_field():

@@ -19,7 +19,9 @@ Deviates, and why:
     - timm's layout and names, so timm's checkpoints load: ``patch_embed.proj``, ``cls_token``,
       ``dist_token``, ``pos_embed`` (covering the tokens and the patches), ``blocks.N.{norm1,
       attn.qkv, attn.proj, norm2, mlp.fc1, mlp.fc2}``, ``norm``, ``head``, ``head_dist``;
-      LayerNorm eps=1e-6; timm's option names (``img_size``, ``embed_dim``, ``depth``, ``drop_rate``).
+      LayerNorm eps=1e-6; timm's option names (``img_size``, ``embed_dim``, ``depth``, ``drop_rate``);
+      timm's position-embedding resampling for other input sizes (bicubic, antialiased,
+      ``align_corners=False``).
     - Output convention (canon's, for the training engine): with ``distilled_training=True`` and
       in training mode the distilled model returns ``{"logits": class head, "dist_logits":
       distillation head}``; otherwise it returns the average of the two heads.
@@ -190,8 +192,9 @@ class DeiT(nn.Module):
         x = torch.cat(tokens + [x], dim=1)  # (N, prefix + H/P·W/P, D)
         pos = self.pos_embed
         if grid != self.grid_size:
+            # timm's convention: bicubic, align_corners=False, antialiased.
             pos = resize_pos_embed(pos, grid, num_prefix_tokens=self.num_prefix_tokens, old_grid=self.grid_size,
-                                   align_corners=False)
+                                   align_corners=False, antialias=True)
         x = self.blocks(self.pos_drop(x + pos))
         return self.norm(x)
 

@@ -52,13 +52,14 @@ def _pair(size) -> tuple[int, int]:
 
 def resize_pos_embed(pos_embed: torch.Tensor, new_grid: int | tuple[int, int], *, num_prefix_tokens: int = 1,
                      old_grid: int | tuple[int, int] | None = None, mode: str = "bicubic",
-                     align_corners: bool | None = True) -> torch.Tensor:
+                     align_corners: bool | None = True, antialias: bool = False) -> torch.Tensor:
     """Interpolate position embeddings to another patch grid (ViT section 3.2).
 
     pos_embed (1, num_prefix_tokens + Gh·Gw, D), rows in raster order -> (1, num_prefix_tokens + Gh'·Gw', D).
     The prefix tokens ([class], [distillation]) are kept as they are. ``old_grid`` defaults to the
     square root of the number of patch rows. ``align_corners=True`` (torchvision) keeps the four
-    corner embeddings exactly; pass ``False`` for timm's convention.
+    corner embeddings exactly; timm's convention is ``align_corners=False, antialias=True``
+    (antialiasing matters only when shrinking the grid).
     """
     if pos_embed.dim() != 3 or pos_embed.shape[0] != 1:
         raise ValueError(f"pos_embed must be (1, tokens, D), got {tuple(pos_embed.shape)}")
@@ -77,8 +78,9 @@ def resize_pos_embed(pos_embed: torch.Tensor, new_grid: int | tuple[int, int], *
         return pos_embed
     dim = grid.shape[-1]
     grid = grid.reshape(1, old_h, old_w, dim).permute(0, 3, 1, 2)  # (1, D, Gh, Gw)
-    grid = F.interpolate(grid, size=(new_h, new_w), mode=mode,
-                         align_corners=align_corners if mode in ("bilinear", "bicubic") else None)
+    smooth = mode in ("bilinear", "bicubic")
+    grid = F.interpolate(grid, size=(new_h, new_w), mode=mode, align_corners=align_corners if smooth else None,
+                         antialias=antialias and smooth)
     grid = grid.permute(0, 2, 3, 1).reshape(1, new_h * new_w, dim)  # (1, Gh'·Gw', D)
     return torch.cat([prefix, grid], dim=1)
 
