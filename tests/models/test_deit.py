@@ -6,10 +6,13 @@ References (independent of canon's code):
       and timm/models/deit.py;
     - logits from F.conv2d + ``torch.nn.TransformerEncoderLayer(norm_first=True)`` with the same weights,
       the distilled output being the mean of the two heads (section 4 of arXiv:2012.12877);
-    - the hard-distillation loss written out from eq. 3 with log-softmax.
+    - the hard-distillation loss written out from eq. 3 with log-softmax;
+    - timm's position-embedding resampling (bicubic, antialiased, align_corners=False) against an
+      antialiased cubic filter (a = -0.5, support widened when shrinking, PIL-style) in numpy.
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -17,6 +20,7 @@ import torch.nn.functional as F
 
 import canon
 from canon.models.classification.deit import DeiT, hard_distillation_loss
+from canon.models.classification.vit import resize_pos_embed
 
 # name: (embed_dim, depth, distilled, timm's parameter count)
 TIMM = {
@@ -181,3 +185,46 @@ def test_reset_classifier():
     model.reset_classifier(3)
     assert model(torch.randn(1, 1, 28, 28)).shape == (1, 3)
     assert model.head_dist.out_features == 3
+
+
+def antialiased_cubic_weights(in_size: int, out_size: int, a: float = -0.5) -> np.ndarray:
+    """(out, in) resampling matrix: cubic kernel stretched by the shrink factor, taps inside the
+    image only, each row normalised to sum 1 (the antialiased filter of PIL and torch)."""
+    def kernel(x):
+        x = abs(x)
+        if x <= 1:
+            return (a + 2) * x ** 3 - (a + 3) * x ** 2 + 1
+        return a * x ** 3 - 5 * a * x ** 2 + 8 * a * x - 4 * a if x < 2 else 0.0
+
+    scale = in_size / out_size
+    stretch = max(scale, 1.0)
+    weights = np.array([[kernel((j + 0.5 - (i + 0.5) * scale) / stretch) for j in range(in_size)]
+                        for i in range(out_size)])
+    return weights / weights.sum(axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("old, new", [((7, 7), (9, 9)), ((7, 7), (5, 4)), ((6, 6), (13, 8))])
+def test_timm_resampling_equals_antialiased_cubic(old, new):
+    torch.manual_seed(0)
+    pos = torch.randn(1, 2 + old[0] * old[1], 4, dtype=torch.float64)
+    out = resize_pos_embed(pos, new, num_prefix_tokens=2, align_corners=False, antialias=True)
+    grid = pos[0, 2:].reshape(*old, 4).numpy()
+    wy, wx = antialiased_cubic_weights(old[0], new[0]), antialiased_cubic_weights(old[1], new[1])
+    expected = np.einsum("ij,jkc,lk->ilc", wy, grid, wx).reshape(-1, 4)
+    np.testing.assert_allclose(out[0, 2:].numpy(), expected, atol=1e-8)
+    assert torch.equal(out[:, :2], pos[:, :2])  # [class] and [distillation] rows untouched
+
+
+def test_forward_at_another_size_equals_model_built_for_it():
+    torch.manual_seed(0)
+    model = canon.create_model("deit_tiny_distilled_patch4_28").eval()
+    big = canon.create_model("deit_tiny_distilled_patch4_28", img_size=36).eval()
+    sd = model.state_dict()
+    grid = sd["pos_embed"][0, 2:].reshape(7, 7, -1).double().numpy()
+    w = antialiased_cubic_weights(7, 9)
+    resampled = torch.from_numpy(np.einsum("ij,jkc,lk->ilc", w, grid, w).reshape(1, 81, -1)).float()
+    sd["pos_embed"] = torch.cat([sd["pos_embed"][:, :2], resampled], dim=1)
+    big.load_state_dict(sd)
+    x = torch.randn(2, 1, 36, 36)
+    with torch.no_grad():
+        assert torch.allclose(model(x), big(x), atol=1e-5)
