@@ -138,3 +138,34 @@ def test_missing_folder_and_bad_spec_are_data_errors(tmp_path):
         build_dataset("isbi-membrane:", split="train")
     with pytest.raises(DataError, match="train/image"):
         build_dataset(f"isbi-membrane:{tmp_path}", split="train")
+
+
+def _isbi_tree(root: Path, label: np.ndarray) -> Path:
+    for sub in ("train/image", "train/label"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    for i in range(30):
+        Image.fromarray(np.full(label.shape, 128, dtype=np.uint8)).save(root / "train" / "image" / f"{i}.png")
+        Image.fromarray(label).save(root / "train" / "label" / f"{i}.png")
+    return root
+
+
+def test_isbi_mask_with_grey_values_is_a_data_error_naming_the_file(tmp_path):
+    label = np.full((8, 8), 255, dtype=np.uint8)
+    label[3, 3] = 77  # neither membrane (0) nor cell (255)
+    ds = build_dataset(f"isbi-membrane:{_isbi_tree(tmp_path / 'isbi', label)}", split="train")
+    with pytest.raises(DataError, match=r"label/0\.png.*\[77\]"):
+        ds[0]
+
+
+def test_missing_mask_file_is_a_data_error_naming_it(tmp_path):
+    root = _voc_tree(tmp_path / "voc", {"d": np.zeros((6, 8), dtype=np.uint8)})
+    (root / "SegmentationClass" / "d.png").unlink()
+    with pytest.raises(DataError, match=r"d\.png.*no such file"):
+        build_dataset(f"voc-seg:{root}", split="train")[0]
+
+
+def test_rgb_mask_is_a_data_error(tmp_path):
+    root = _voc_tree(tmp_path / "voc", {"e": np.zeros((6, 8), dtype=np.uint8)})
+    Image.fromarray(np.zeros((6, 8, 3), dtype=np.uint8)).save(root / "SegmentationClass" / "e.png")
+    with pytest.raises(DataError, match=r"e\.png.*mode 'RGB'"):
+        build_dataset(f"voc-seg:{root}", split="train")[0]
