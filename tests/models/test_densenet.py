@@ -91,6 +91,7 @@ def _randomise_bn(model):
             nn.init.normal_(m.weight, std=0.1)
 
 
+@pytest.mark.slow  # DenseNet-121's 58 layers; the tiny config below covers the same code in quick runs
 def test_densenet121_logits_equal_functional_reference():
     model = canon.create_model("densenet121", num_classes=10).eval()
     _randomise_bn(model)

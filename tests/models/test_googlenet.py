@@ -124,7 +124,8 @@ def _randomise(model):
             nn.init.kaiming_normal_(m.weight)  # signal that survives the depth, so differences would show
 
 
-@pytest.mark.parametrize("name, size", [("googlenet", 96), ("googlenet_paper", 224)])
+@pytest.mark.parametrize("name, size", [("googlenet", 96),
+                                        pytest.param("googlenet_paper", 224, marks=pytest.mark.slow)])
 def test_eval_logits_equal_functional_reference(name, size):
     model = canon.create_model(name, num_classes=10).eval()
     _randomise(model)
