@@ -58,7 +58,11 @@ def test_train_eval_predict_through_the_cli(shared_data, tmp_path):
     data = f"isbi-membrane:{isbi}"
     subprocess.run(cli + ["train", "unet", "--data", data, "--epochs", "1", "--max-steps-per-epoch", "1",
                           "--batch-size", "2", "--input-size", "64,64", "--model-arg", "base_channels=4",
-                          "--model-arg", "depth=2", "--out", str(run), "--quiet"], check=True, capture_output=True)
+                          "--model-arg", "depth=2", "--model-arg", "tile_size=128",  # overlap-tile evaluation
+                          "--out", str(run), "--quiet"], check=True, capture_output=True)
+    from canon.engine.checkpoint import load_model
+
+    assert load_model(str(run / "best.safetensors"))[0].tile_size == 128  # the option survives the checkpoint
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["test_pixel_accuracy"] <= 1.0 and "test_miou" in metrics
     subprocess.run(cli + ["eval", str(run), "--data", data, "--json"], check=True, capture_output=True)
