@@ -76,3 +76,16 @@ def test_train_eval_predict_through_the_cli(shared_data, tmp_path):
 
     with Image.open(tmp_path / "pred" / "0_overlay.png") as overlay:
         assert overlay.size == (512, 512) and overlay.mode == "RGB"
+
+
+def test_valid_convolution_loss_uses_the_centre_of_the_mask():
+    from canon.engine.segmentation import SegmentationTask
+    from canon.engine.tasks import StepStats
+
+    torch.manual_seed(0)
+    model = ValidConv()
+    images, masks = torch.rand(2, 1, 20, 20), torch.randint(0, 3, (2, 20, 20))
+    masks[0, 0, 0] = 255  # ignored, and outside the centre anyway
+    loss = SegmentationTask().compute_loss(model, (images, masks), StepStats())
+    expected = F.cross_entropy(model(images), masks[:, 2:-2, 2:-2], ignore_index=255)
+    assert torch.allclose(loss, expected)
