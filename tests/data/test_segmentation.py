@@ -10,6 +10,9 @@ from PIL import Image
 
 from canon.data import DataError, build_dataset
 
+# pycocotools' RLE decoder trips numpy 2's copy-keyword deprecation; not ours to fix.
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:pycocotools")
+
 
 @pytest.fixture(scope="module")
 def isbi_dir(shared_data) -> Path:
