@@ -89,3 +89,11 @@ def test_valid_convolution_loss_uses_the_centre_of_the_mask():
     loss = SegmentationTask().compute_loss(model, (images, masks), StepStats())
     expected = F.cross_entropy(model(images), masks[:, 2:-2, 2:-2], ignore_index=255)
     assert torch.allclose(loss, expected)
+
+
+def test_classification_data_for_a_segmentation_model_is_refused_with_the_specs():
+    from canon.engine.segmentation import SegmentationTask
+
+    with pytest.raises(ValueError, match="classification dataset.*isbi-membrane:DIR.*coco-person:DIR"):
+        SegmentationTask().build_datasets("digits", None, input_size=None, augment="default",
+                                          model_input_size=(3, 64, 64))

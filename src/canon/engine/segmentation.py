@@ -71,7 +71,7 @@ class SegmentationTask(Task):
         info = train.info
         if getattr(info, "task", "classification") != "segmentation":
             raise ValueError(f"{data!r} is a {info.task} dataset; segmentation models need masks "
-                             "(isbi-membrane:DIR, voc-seg:DIR, coco-seg:ANNOTATIONS:IMAGES)")
+                             "(isbi-membrane:DIR, voc-seg:DIR, coco-seg:DIR[?categories=A,B], coco-person:DIR)")
         self.ignore_index = getattr(info, "ignore_index", 255)
         crop = tuple(input_size) if input_size else tuple(model_input_size[-2:])
         train_tf = ST.default_transforms(info, crop, train=True, augment=augment)
