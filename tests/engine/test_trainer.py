@@ -11,7 +11,7 @@ from canon.engine.trainer import TrainConfig, TrainingDiverged, train
 
 
 def _config(tmp_path, **overrides):
-    base = dict(model="lenet5", data="digits", epochs=2, batch_size=64, lr=0.05, optimizer="sgd",
+    base = dict(model="lenet5", data="digits", epochs=2, batch_size=32, lr=0.05, optimizer="sgd",
                 scheduler="cosine", seed=7, out=str(tmp_path / "run"), progress=False)
     base.update(overrides)
     return TrainConfig(**base)
@@ -73,7 +73,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     def poisoned(self, model, batch, stats, **kw):
         loss = original(self, model, batch, stats, **kw)
         calls["n"] += 1
-        return loss * float("nan") if calls["n"] > 30 else loss  # epoch 1 has 23 batches of 64
+        return loss * float("nan") if calls["n"] > 50 else loss  # epoch 1 has 45 batches of 32
 
     monkeypatch.setattr(ClassificationTask, "compute_loss", poisoned)
     with pytest.raises(TrainingDiverged, match=r"nan at epoch 2.*epoch_0001"):

@@ -83,12 +83,13 @@ def predict_images(checkpoint: str, inputs: list[str], *, topk: int = 5, save_di
     size = tuple(extra.get("input_size") or (32, 32))
     mean, std = extra.get("mean") or [0.0] * in_chans, extra.get("std") or [1.0] * in_chans
     class_names = extra.get("class_names") or []
+    from canon.data import transforms as T
+
+    # the evaluation pipeline of training: resize to the trained input size, then normalise
+    preprocess = T.Compose([T.Resize(size), T.Normalize(mean, std)])
     results = []
     for path in inputs:
-        image = load_image(path, in_chans)
-        image = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False,
-                                                antialias=True)[0]
-        image = (image - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+        image = preprocess(load_image(path, in_chans))
         with torch.no_grad():
             probs = model(image[None]).softmax(dim=1)[0]
         k = min(topk, probs.numel())

@@ -148,37 +148,29 @@ class ClassificationTask(Task):
 
     @torch.no_grad()
     def evaluate(self, model, loader, *, num_classes: int | None = None, full: bool = False):
-        """Loss and accuracy; with ``full=True`` also top-5, per-class P/R/F1 and the confusion matrix."""
+        """Loss and accuracy; with ``full=True`` also top-5, per-class P/R/F1 and the confusion
+        matrix, accumulated over batches by :class:`canon.metrics.ClassificationMetrics`."""
+        from canon.metrics import ClassificationMetrics
+
         model.eval()
         stats = StepStats()
-        all_logits, all_labels = [], []
+        metrics = None
         for images, labels in loader:
             logits = model(images)
             loss = F.cross_entropy(logits, labels, reduction="sum").item()
             stats.add(loss / max(labels.numel(), 1), labels.numel(),
                       accuracy=(logits.argmax(1) == labels).sum().item())
             if full:
-                all_logits.append(logits)
-                all_labels.append(labels)
+                if metrics is None:
+                    k = num_classes or logits.shape[1]
+                    metrics = ClassificationMetrics(k, topk=(1, 5) if k >= 5 else (1,))
+                metrics.update(logits, labels)
         result = stats.as_dict("test")
-        if full and all_logits:
-            result.update(classification_report(torch.cat(all_logits), torch.cat(all_labels), num_classes))
+        if metrics is not None:
+            report = metrics.compute()
+            report.pop("accuracy")  # the same number as test_accuracy above
+            result.update(report)
         return result
-
-
-def classification_report(logits: torch.Tensor, labels: torch.Tensor, num_classes: int | None) -> dict:
-    """Top-1/top-5 accuracy, per-class precision/recall/F1 and the confusion matrix (pure)."""
-    num_classes = num_classes or logits.shape[1]
-    k = min(5, logits.shape[1])
-    top5 = (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).float().mean().item()
-    preds = logits.argmax(1)
-    cm = torch.bincount(labels * num_classes + preds, minlength=num_classes ** 2).reshape(num_classes, num_classes)
-    tp = cm.diag().double()
-    precision = (tp / cm.sum(0).clamp(min=1)).tolist()
-    recall = (tp / cm.sum(1).clamp(min=1)).tolist()
-    f1 = [2 * p * r / (p + r) if p + r > 0 else 0.0 for p, r in zip(precision, recall)]
-    return {"top5_accuracy": top5, "precision": precision, "recall": recall, "f1": f1,
-            "macro_f1": sum(f1) / len(f1), "confusion_matrix": cm.tolist()}
 
 
 TASKS: dict[str, type[Task]] = {"classification": ClassificationTask}
