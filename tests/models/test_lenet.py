@@ -101,3 +101,26 @@ def test_shapes_options_and_input_errors(name):
     model.reset_classifier(4)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 4)
     assert canon.model_info(name).input_size == (1, 32, 32)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "lenet5_paper"])
+def test_constructor_arguments_are_validated(name):
+    with pytest.raises(ValueError, match="num_classes"):
+        canon.create_model(name, num_classes=-1)
+    with pytest.raises(ValueError, match="in_chans"):
+        canon.create_model(name, in_chans=0)
+    with pytest.raises(TypeError, match="unknown argument"):
+        canon.create_model(name, drop_rate=0.1)
+
+
+def test_modern_form_headless_gives_f6_features():
+    model = canon.create_model("lenet5", num_classes=0).eval()
+    x = torch.randn(2, 1, 32, 32)
+    sd = model.state_dict()
+    h = F.max_pool2d(F.relu(F.conv2d(x, sd["features.0.weight"], sd["features.0.bias"])), 2)
+    h = F.max_pool2d(F.relu(F.conv2d(h, sd["features.3.weight"], sd["features.3.bias"])), 2)
+    h = F.relu(F.conv2d(h, sd["features.6.weight"], sd["features.6.bias"])).flatten(1)
+    expected = F.relu(F.linear(h, sd["f6.0.weight"], sd["f6.0.bias"]))  # (2, 84)
+    assert torch.allclose(model(x), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="lenet5 expects a 32x32 input"):
+        model(torch.randn(1, 1, 36, 36))

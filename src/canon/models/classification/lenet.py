@@ -55,6 +55,13 @@ C3_CONNECTIONS = (
 )
 
 
+def _check_sizes(num_classes, in_chans) -> None:
+    if not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"num_classes must be an int >= 0, got {num_classes!r}")
+    if not isinstance(in_chans, int) or in_chans < 1:
+        raise ValueError(f"in_chans must be an int >= 1, got {in_chans!r}")
+
+
 def _check_input_size(x: torch.Tensor, model_name: str) -> None:
     if x.shape[-2:] != (INPUT_SIZE, INPUT_SIZE):
         raise ValueError(f"{model_name} expects a {INPUT_SIZE}x{INPUT_SIZE} input (N, C, 32, 32), got shape "
@@ -138,7 +145,8 @@ class LeNet5(nn.Module):
 
     def __init__(self, *, num_classes: int = 10, in_chans: int = 1):
         super().__init__()
-        self.num_classes, self.in_chans = num_classes, in_chans
+        _check_sizes(num_classes, in_chans)
+        self.num_classes, self.in_chans, self.num_features = num_classes, in_chans, 84
         self.features = nn.Sequential(
             nn.Conv2d(in_chans, 6, kernel_size=5), nn.ReLU(inplace=True),  # C1: (N, 6, 28, 28)
             nn.MaxPool2d(2),                                               # S2: (N, 6, 14, 14)
@@ -147,7 +155,11 @@ class LeNet5(nn.Module):
             nn.Conv2d(16, 120, kernel_size=5), nn.ReLU(inplace=True),      # C5: (N, 120, 1, 1)
         )
         self.f6 = nn.Sequential(nn.Linear(120, 84), nn.ReLU(inplace=True))  # F6: (N, 84)
-        self.classifier = nn.Linear(84, num_classes)
+        self.classifier: nn.Module = nn.Linear(84, num_classes) if num_classes else nn.Identity()
+
+    @property
+    def _model_name(self) -> str:
+        return getattr(self, "canon_name", "lenet5")  # set by canon.create_model
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
@@ -156,13 +168,15 @@ class LeNet5(nn.Module):
         return self.classifier(self.f6(torch.flatten(x, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_input(x, in_chans=self.in_chans, min_size=INPUT_SIZE, model_name="lenet5")
-        _check_input_size(x, "lenet5")
+        check_image_input(x, in_chans=self.in_chans, min_size=INPUT_SIZE, model_name=self._model_name)
+        _check_input_size(x, self._model_name)
         return self.forward_head(self.forward_features(x))
 
     def reset_classifier(self, num_classes: int) -> None:
+        """A fresh linear output with ``num_classes`` units (0: identity, the 84 F6 features)."""
+        _check_sizes(num_classes, self.in_chans)
         self.num_classes = num_classes
-        self.classifier = nn.Linear(84, num_classes)
+        self.classifier = nn.Linear(84, num_classes) if num_classes else nn.Identity()
 
 
 class LeNet5Paper(nn.Module):
@@ -170,7 +184,10 @@ class LeNet5Paper(nn.Module):
 
     def __init__(self, *, num_classes: int = 10, in_chans: int = 1):
         super().__init__()
-        self.num_classes, self.in_chans = num_classes, in_chans
+        _check_sizes(num_classes, in_chans)
+        if num_classes < 1:
+            raise ValueError(f"lenet5_paper's RBF output needs num_classes >= 1, got {num_classes!r}")
+        self.num_classes, self.in_chans, self.num_features = num_classes, in_chans, 84
         self.c1 = nn.Conv2d(in_chans, 6, kernel_size=5)      # (N, 6, 28, 28)
         self.s2 = TrainableSubsampling(6)                    # (N, 6, 14, 14)
         self.c3 = PartialConv2d(6, C3_CONNECTIONS, 5)        # (N, 16, 10, 10)
@@ -189,11 +206,16 @@ class LeNet5Paper(nn.Module):
         return self.output(self.act(self.f6(torch.flatten(x, 1))))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        check_image_input(x, in_chans=self.in_chans, min_size=INPUT_SIZE, model_name="lenet5_paper")
-        _check_input_size(x, "lenet5_paper")
+        name = getattr(self, "canon_name", "lenet5_paper")  # set by canon.create_model
+        check_image_input(x, in_chans=self.in_chans, min_size=INPUT_SIZE, model_name=name)
+        _check_input_size(x, name)
         return self.forward_head(self.forward_features(x))
 
     def reset_classifier(self, num_classes: int) -> None:
+        """Fresh fixed RBF centres for ``num_classes`` classes (the layer has no trainable weights)."""
+        _check_sizes(num_classes, self.in_chans)
+        if num_classes < 1:
+            raise ValueError(f"lenet5_paper's RBF output needs num_classes >= 1, got {num_classes!r}")
         self.num_classes = num_classes
         self.output = EuclideanRBF(84, num_classes)
 
