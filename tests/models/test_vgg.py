@@ -104,6 +104,17 @@ def test_vgg11_bn_logits_equal_functional_reference(vgg11_bn_eval):
     assert (ours - ref).abs().max() <= 1e-4
 
 
+def test_vgg16_logits_equal_functional_reference():
+    """Configuration D without BN: FCN's backbone."""
+    torch.manual_seed(1)
+    model = canon.create_model("vgg16", num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        ours, ref = model(x), functional_vgg(model.state_dict(), x, "vgg16")
+    assert ours.abs().max() > 1e-4
+    assert (ours - ref).abs().max() <= 1e-4 * max(1.0, ref.abs().max().item())
+
+
 def test_feature_map_and_pre_logits_shapes(vgg11_bn_eval):
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
