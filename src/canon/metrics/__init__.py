@@ -2,6 +2,7 @@
 from canon.metrics.classification import (ClassificationMetrics, accuracy, confusion_matrix,
                                           precision_recall_f1, precision_recall_f1_from_confusion,
                                           topk_accuracy)
+from canon.metrics.detection import coco_box_iou, coco_evaluate, coco_keypoint_oks, voc_ap, voc_precision_recall
 from canon.metrics.image import MS_SSIM_WEIGHTS, mae, ms_ssim, mse, psnr, rmse, ssim
 from canon.metrics.segmentation import (SegmentationMetrics, dice_from_confusion, iou_from_confusion,
                                         segmentation_confusion_matrix)
