@@ -112,6 +112,51 @@ def test_bbox_crowd_heavy_and_tiny_objects():
                                reference_stats(gt, dets, "bbox"), rtol=0, atol=1e-6)
 
 
+def make_grid_box_data(seed: int):
+    """Integer boxes on a coarse grid: exact IoU ties, IoU exactly 0.5/0.75, duplicate objects."""
+    rng = np.random.default_rng(seed)
+    images = [{"id": i, "height": 64, "width": 64} for i in range(1, 9)]
+    categories = [{"id": 1}, {"id": 2}]
+    anns, dets = [], []
+    for im in images:
+        boxes = [[int(x) * 4, int(y) * 4, int(w) * 4, int(h) * 4]
+                 for x, y, w, h in rng.integers(1, 8, (int(rng.integers(1, 6)), 4))]
+        boxes += boxes[:1]                                           # a duplicate object
+        for b in boxes:
+            anns.append({"id": len(anns) + 1, "image_id": im["id"], "category_id": 1,
+                         "bbox": b, "area": float(b[2] * b[3]),
+                         "iscrowd": int(rng.random() < 0.15)})
+        for b in boxes:
+            for _ in range(int(rng.integers(0, 4))):
+                shift = rng.integers(-1, 2, 4) * 4
+                dets.append({"image_id": im["id"], "category_id": int(rng.integers(1, 3)),
+                             "bbox": [float(v) for v in np.maximum(np.add(b, shift), 4)],
+                             "score": float(rng.integers(0, 3) / 2)})
+    return {"images": images, "annotations": anns, "categories": categories}, dets
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_bbox_grid_ties_match_pycocotools(seed):
+    gt, dets = make_grid_box_data(seed)
+    np.testing.assert_allclose(coco_evaluate(gt, dets)["stats"],
+                               reference_stats(gt, dets, "bbox"), rtol=0, atol=1e-6)
+
+
+def test_curves_match_cocoeval_precision_and_recall():
+    gt, dets = make_box_data(7)
+    ours = coco_evaluate(gt, dets, return_curves=True)
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_gt = COCO()
+        coco_gt.dataset = copy.deepcopy(gt)
+        coco_gt.createIndex()
+        ev = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(dets)), "bbox")
+        ev.evaluate()
+        ev.accumulate()
+    np.testing.assert_allclose(ours["precision"], ev.eval["precision"], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ours["recall"], ev.eval["recall"], rtol=0, atol=1e-12)
+    assert ours["category_ids"] == [c["id"] for c in gt["categories"]]
+
+
 def test_bbox_input_is_not_modified():
     gt, dets = make_box_data(3)
     gt_copy, dets_copy = copy.deepcopy(gt), copy.deepcopy(dets)
@@ -202,6 +247,20 @@ def test_segm_stats_match_pycocotools(seed):
                                reference_stats(gt, dets, "segm"), rtol=0, atol=1e-6)
 
 
+def test_segm_with_boxes_and_polygons_matches_pycocotools():
+    """Results carrying a box too: loadRes takes their area from the box, not the mask."""
+    gt, dets = make_mask_data(5, num_images=8)
+    rng = np.random.default_rng(5)
+    for i, d in enumerate(dets):
+        rle = dict(d["segmentation"], counts=d["segmentation"]["counts"].encode("ascii"))
+        x, y, w, h = mask_api.toBbox(rle).tolist()
+        d["bbox"] = [x, y, w * rng.uniform(0.5, 2.0), h * rng.uniform(0.5, 2.0)]
+        if i % 3 == 0:                                               # a polygon instead of RLE
+            d["segmentation"] = [[x, y, x + w, y, x + w, y + h, x, y + h]]
+    np.testing.assert_allclose(coco_evaluate(gt, dets, "segm")["stats"],
+                               reference_stats(gt, dets, "segm"), rtol=0, atol=1e-6)
+
+
 # ============================================================================ keypoints
 def oks_direct(det: np.ndarray, gt: np.ndarray, area: float, box, sigmas=COCO_KEYPOINT_SIGMAS):
     """OKS of one detection and one object, transcribed from the definition pair by pair."""
@@ -281,6 +340,17 @@ def test_keypoint_stats_match_pycocotools(seed):
     assert len(ours["stats"]) == 10
     np.testing.assert_allclose(ours["stats"], reference_stats(gt, dets, "keypoints"),
                                rtol=0, atol=1e-6)
+
+
+def test_keypoints_with_boxes_match_pycocotools():
+    """Keypoint results carrying a box: loadRes takes their area from it (area ranges)."""
+    gt = make_synthetic_keypoint_gt(9, num_images=10)
+    dets = make_keypoint_data(gt, 9)
+    rng = np.random.default_rng(9)
+    for d in dets:
+        d["bbox"] = [0.0, 0.0, *rng.uniform(5, 200, 2).tolist()]
+    np.testing.assert_allclose(coco_evaluate(gt, dets, "keypoints")["stats"],
+                               reference_stats(gt, dets, "keypoints"), rtol=0, atol=1e-6)
 
 
 # ============================================================================ real COCO-mini
