@@ -170,6 +170,26 @@ def test_empty_detections_give_zero_or_minus_one():
     assert all(s in (0.0, -1.0) for s in stats) and stats[0] == 0.0
 
 
+def test_object_id_zero_counts_like_any_other():
+    """Deliberate deviation: COCOeval stores matched ids, so a match to object id 0 is lost."""
+    gt = {"images": [{"id": 1}], "categories": [{"id": 1}],
+          "annotations": [{"id": 0, "image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50],
+                           "area": 2500.0, "iscrowd": 0}]}
+    dets = [{"image_id": 1, "category_id": 1, "bbox": [10, 10, 50, 50], "score": 0.9}]
+    ours = coco_evaluate(gt, dets)
+    assert ours["AP"] == pytest.approx(1.0) and ours["AR100"] == 1.0
+    assert reference_stats(gt, dets, "bbox")[0] == 0.0                  # pycocotools' quirk
+    gt["annotations"][0]["id"] = 1                                      # otherwise the same
+    np.testing.assert_allclose(reference_stats(gt, dets, "bbox"), ours["stats"], atol=1e-12)
+
+
+def test_duplicate_object_ids_are_rejected():
+    gt, dets = make_box_data(6)
+    gt["annotations"][1]["id"] = gt["annotations"][0]["id"]
+    with pytest.raises(ValueError, match="unique"):
+        coco_evaluate(gt, dets)
+
+
 def test_bad_input_errors_name_the_problem():
     gt, dets = make_box_data(5)
     with pytest.raises(ValueError, match="iou_type"):
