@@ -17,6 +17,8 @@ __all__ = [
     "precision_recall_f1_from_confusion", "ClassificationMetrics",
     # segmentation
     "segmentation_confusion_matrix", "iou_from_confusion", "dice_from_confusion", "SegmentationMetrics",
+    # detection
+    "coco_evaluate", "coco_box_iou", "coco_keypoint_oks", "voc_ap", "voc_precision_recall",
     # text
     "normalize_answer", "squad_exact_match", "squad_f1", "squad_evaluate", "corpus_bleu", "rouge_l",
 ]
