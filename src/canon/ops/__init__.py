@@ -8,3 +8,6 @@ __all__ = [
     "distance_box_iou", "generalized_box_iou", "remove_small_boxes",
     "nms", "batched_nms", "soft_nms", "HAS_NUMBA",
 ]
+from canon.ops.roi import MultiScaleRoIAlign, assign_fpn_levels, roi_align, roi_pool  # noqa: E402
+
+__all__ += ["roi_align", "roi_pool", "assign_fpn_levels", "MultiScaleRoIAlign"]
