@@ -26,7 +26,11 @@ Deviates, and why:
     * ``roi_align`` is written as one weighted gather: every output bin is a sum over its
       bilinear samples' four corner pixels, computed with ``embedding_bag`` on a channels-last
       view of the feature map. Autograd then gives the backward (scatter-add of the same
-      weights), so there is no hand-written backward to get wrong.
+      weights), so there is no hand-written backward to get wrong. The result [K, C, P, Q] is
+      returned in channels_last memory format (a permuted view of the gathered rows), which
+      saves a copy; call ``.contiguous()`` if NCHW strides are needed.
+    * ``roi_pool`` is the same gather with ``embedding_bag(mode='max')`` whose bags are the
+      bins' pixels; an empty bin (box off the map) gives 0, as in the original.
     * ``assign_fpn_levels`` adds 1e-6 inside the log, as torchvision does, so a box of exactly
       224 px is not pushed down a level by rounding.
 """
@@ -82,6 +86,14 @@ def _rois_from_boxes(boxes, feature: Tensor) -> Tensor:
 
 
 # --------------------------------------------------------------------------- RoIAlign
+
+
+def _channels_last_rows(input: Tensor) -> Tensor:
+    """[N, C, H, W] -> contiguous [N*H*W, C], one row of channels per pixel (per-image 2-D transposes,
+    which torch copies several times faster than a 4-D permute)."""
+    n, channels = input.shape[:2]
+    planes = [image.reshape(channels, -1).t() for image in input]
+    return planes[0].contiguous() if n == 1 else torch.cat(planes)
 
 
 def _bilinear_corners(coord: Tensor, size: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
@@ -151,9 +163,13 @@ def roi_align(input: Tensor, boxes, output_size, spatial_scale: float = 1.0, sam
     else:  # adaptive: ceil(roi_size / output_size) samples per bin side
         grid_h = torch.ceil(roi_h.detach() / pooled_h).clamp(min=0).to(torch.int64)
         grid_w = torch.ceil(roi_w.detach() / pooled_w).clamp(min=0).to(torch.int64)
-    pixels = input.permute(0, 2, 3, 1).reshape(n * height * width, channels)  # (N*H*W, C) channels-last
+    pixels = _channels_last_rows(input)  # (N*H*W, C)
     # Rois are padded to the largest sample grid of their group; grouping by the power of two
     # above each grid side keeps the padding under 4x when adaptive grids differ widely.
+    if sampling_ratio > 0:  # one grid for all rois: no padding, one group
+        part = _roi_align_group(pixels, rois, start_x, start_y, bin_w, bin_h, grid_w, grid_h, (pooled_h, pooled_w),
+                                height, width)
+        return part.permute(0, 3, 1, 2)  # (K, C, P, Q), in channels_last memory format
     group_key = _bit_length(grid_h) * 64 + _bit_length(grid_w)
     out = None
     for key in torch.unique(group_key).tolist():
@@ -166,7 +182,7 @@ def roi_align(input: Tensor, boxes, output_size, spatial_scale: float = 1.0, sam
             if out is None:
                 out = input.new_zeros(num_rois, pooled_h, pooled_w, channels)
             out = out.index_copy(0, members, part)
-    return out.permute(0, 3, 1, 2).contiguous()  # (K, C, P, Q)
+    return out.permute(0, 3, 1, 2)  # (K, C, P, Q), in channels_last memory format
 
 
 def _bit_length(values: Tensor) -> Tensor:
@@ -183,35 +199,54 @@ def _round_half_away(x: Tensor) -> Tensor:
     return torch.sign(x) * torch.floor(x.abs() + 0.5)
 
 
+def _ragged_arange(counts: Tensor) -> tuple[Tensor, Tensor]:
+    """For counts [B] -> (owner [S], position [S]): the concatenation of arange(counts[b]), and each one's b."""
+    owner = torch.repeat_interleave(torch.arange(counts.shape[0]), counts)
+    starts = torch.cumsum(counts, 0) - counts
+    return owner, torch.arange(owner.shape[0]) - starts[owner]
+
+
 def roi_pool(input: Tensor, boxes, output_size, spatial_scale: float = 1.0) -> Tensor:
     """Fast R-CNN RoI max pooling. input [N, C, H, W]; boxes [K, 5] or list of [K_i, 4] -> [K, C, *output_size].
 
-    The box is quantised to the pixels round(x1 * s) .. round(x2 * s) inclusive; bin (i, j)
-    covers rows floor(i * h / P) .. ceil((i + 1) * h / P) of it, clipped to the map; an
-    empty bin gives 0.
+    The box is quantised to the pixels round(x1 * s) .. round(x2 * s) inclusive (h = y2 - y1 + 1
+    rows); bin (i, j) covers rows floor(i * h / P) .. ceil((i + 1) * h / P) - 1 of it, clipped
+    to the map; an empty bin gives 0. Computed as one ``embedding_bag(mode='max')`` whose bags
+    are the bins' pixels, so the backward routes each gradient to its bin's argmax.
     """
     pooled_h, pooled_w = _pair(output_size)
     rois = _rois_from_boxes(boxes, input)
     n, channels, height, width = input.shape
-    if rois.shape[0] == 0:
-        return input.new_zeros(0, channels, pooled_h, pooled_w)
+    num_rois = rois.shape[0]
+    if num_rois == 0 or channels == 0:
+        return input.new_zeros(num_rois, channels, pooled_h, pooled_w)
+    dtype = input.dtype
     corners = _round_half_away(rois[:, 1:].detach() * spatial_scale).to(torch.int64)  # (K, 4)
-    outputs = []
-    for roi, (x1, y1, x2, y2) in zip(rois.detach(), corners.tolist()):
-        roi_w, roi_h = max(x2 - x1 + 1, 1), max(y2 - y1 + 1, 1)
-        # the box's pixels that lie on the map, padded with -inf to the box's full extent, so
-        # adaptive max pooling's floor/ceil bins are exactly Fast R-CNN's bins
-        top, left = min(max(y1, 0), height), min(max(x1, 0), width)
-        bottom, right = min(max(y1 + roi_h, 0), height), min(max(x1 + roi_w, 0), width)
-        if top >= bottom or left >= right:  # the box misses the map: every bin is empty
-            outputs.append(input.new_zeros(channels, pooled_h, pooled_w))
-            continue
-        crop = input[int(roi[0])][:, top:bottom, left:right]
-        pad = (left - x1, x1 + roi_w - right, top - y1, y1 + roi_h - bottom)
-        crop = F.pad(crop[None], pad, value=float("-inf"))  # (1, C, roi_h, roi_w)
-        pooled = F.adaptive_max_pool2d(crop, (pooled_h, pooled_w))[0]
-        outputs.append(torch.where(torch.isneginf(pooled), torch.zeros_like(pooled), pooled))
-    return torch.stack(outputs)
+    roi_w = (corners[:, 2] - corners[:, 0] + 1).clamp(min=1)
+    roi_h = (corners[:, 3] - corners[:, 1] + 1).clamp(min=1)
+
+    def edges(start: Tensor, extent: Tensor, pooled_n: int, size: int) -> tuple[Tensor, Tensor]:
+        """Bin edges (K, pooled_n) along one axis, in the input's floating type as the original code."""
+        bin_size = extent.to(dtype)[:, None] / pooled_n
+        p = torch.arange(pooled_n, dtype=dtype)[None, :]
+        lo = torch.floor(p * bin_size).to(torch.int64) + start[:, None]
+        hi = torch.ceil((p + 1) * bin_size).to(torch.int64) + start[:, None]
+        return lo.clamp(0, size), hi.clamp(0, size)
+
+    row_lo, row_hi = edges(corners[:, 1], roi_h, pooled_h, height)  # (K, P)
+    col_lo, col_hi = edges(corners[:, 0], roi_w, pooled_w, width)  # (K, Q)
+    bin_rows = (row_hi - row_lo)[:, :, None].expand(-1, -1, pooled_w)  # (K, P, Q)
+    bin_cols = (col_hi - col_lo)[:, None, :].expand(-1, pooled_h, -1)
+    first_pixel = (rois[:, 0].detach().to(torch.int64)[:, None, None] * (height * width)
+                   + row_lo[:, :, None] * width + col_lo[:, None, :])  # (K, P, Q)
+    counts = (bin_rows * bin_cols).reshape(-1)
+    owner, position = _ragged_arange(counts)
+    cols_of_owner = bin_cols.reshape(-1)[owner]
+    index = first_pixel.reshape(-1)[owner] + (position // cols_of_owner) * width + position % cols_of_owner
+    offsets = torch.cumsum(counts, 0) - counts
+    pixels = _channels_last_rows(input)  # (N*H*W, C)
+    out = F.embedding_bag(index, pixels, offsets, mode="max")  # (K*P*Q, C); empty bags give 0
+    return out.reshape(num_rois, pooled_h, pooled_w, channels).permute(0, 3, 1, 2)  # channels_last memory format
 
 
 # --------------------------------------------------------------------------- FPN level assignment
