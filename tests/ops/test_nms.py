@@ -134,3 +134,18 @@ def test_soft_nms_matches_algorithm_1(method):
     assert kept.tolist() == want_idx
     np.testing.assert_allclose(new_scores.numpy(), want_scores, rtol=1e-12)
     assert len(want_idx) > len(nms(boxes.float(), scores.float(), 0.3))  # soft-NMS keeps more than hard NMS
+
+
+@pytest.mark.skipif(not HAS_NUMBA, reason="numba not installed")
+def test_numba_kernel_rejects_non_finite_boxes():
+    boxes = torch.tensor([[0.0, 0.0, 1.0, float("nan")], [0.0, 0.0, 1.0, 1.0]])
+    with pytest.raises(ValueError, match="finite"):
+        nms(boxes, torch.tensor([0.5, 0.4]), 0.5, backend="numba")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("threshold", [0.0, 0.05, 0.95, 1.0])  # onnxruntime accepts [0, 1]
+def test_extreme_thresholds_equal_onnxruntime(backend, threshold):
+    boxes, scores = random_boxes(800, 11, size=300, max_wh=80)
+    kept = nms(boxes, scores, threshold, backend=backend)
+    np.testing.assert_array_equal(kept.numpy(), ort_nms(boxes.numpy(), scores.numpy(), threshold))

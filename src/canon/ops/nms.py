@@ -17,9 +17,9 @@ Deviates, and why:
     * A pair with no positive intersection (in particular two zero-area boxes, IoU = 0/0)
       never suppresses, as in onnxruntime; OpenCV instead counts 0/0 as IoU 1.
     * The greedy loop runs in a numba kernel when numba is importable: each kept box is filed
-      in a uniform grid whose cells are as large as the largest box, so a candidate is tested
-      only against kept boxes in the 3x3 neighbouring cells (boxes further apart cannot
-      intersect). The result is the same set and order as the plain loop. Without numba a
+      by its centre in a uniform grid whose cells are as large as the largest side times
+      (1 - iou_threshold), so a candidate is tested only against kept boxes in the 3x3
+      neighbouring cells (centres further apart cannot reach IoU > threshold). The result is the same set and order as the plain loop. Without numba a
       pure-torch path processes candidates in blocks (tested to give identical results).
 """
 from __future__ import annotations
@@ -121,7 +121,7 @@ def _nms_torch(boxes: Tensor, scores: Tensor, labels: Tensor | None, iou_thresho
 if HAS_NUMBA:
 
     @numba.njit(cache=True, nogil=True)
-    def _greedy_nms_grid(x1, y1, x2, y2, order, labels, iou_threshold, origin_x, origin_y,
+    def _greedy_nms_grid(x1, y1, x2, y2, centre_x, centre_y, order, labels, iou_threshold, origin_x, origin_y,
                          cell, grid_w, grid_h):  # pragma: no cover - compiled
         n = order.shape[0]
         num_labels = labels.max() + 1 if n > 0 else 1
@@ -133,8 +133,8 @@ if HAS_NUMBA:
             i = order[r]
             label = labels[i]
             area_i = max(x2[i] - x1[i], 0) * max(y2[i] - y1[i], 0)
-            cx = min(max(int((x1[i] - origin_x) / cell), 0), grid_w - 1)
-            cy = min(max(int((y1[i] - origin_y) / cell), 0), grid_h - 1)
+            cx = min(max(int((centre_x[i] - origin_x) / cell), 0), grid_w - 1)
+            cy = min(max(int((centre_y[i] - origin_y) / cell), 0), grid_h - 1)
             suppressed = False
             for gy in range(max(cy - 1, 0), min(cy + 2, grid_h)):
                 for gx in range(max(cx - 1, 0), min(cx + 2, grid_w)):
@@ -169,6 +169,8 @@ def _nms_numba(boxes: Tensor, scores: Tensor, labels: Tensor | None, iou_thresho
     if coords.dtype not in (torch.float32, torch.float64):
         coords = coords.to(torch.float32)
     coords_np = coords.numpy()
+    if not np.isfinite(coords_np).all():  # numpy: no thread-pool wake-up for a small check
+        raise ValueError("boxes contain NaN or infinite coordinates; the grid kernel needs finite boxes")
     x1, y1, x2, y2 = (np.ascontiguousarray(coords_np[:, k]) for k in range(4))
     if labels is None:
         labels_np = np.zeros(boxes.shape[0], np.int64)
@@ -177,18 +179,21 @@ def _nms_numba(boxes: Tensor, scores: Tensor, labels: Tensor | None, iou_thresho
         labels_np = labels.detach().to(torch.int64).numpy()
         labels_np = np.unique(labels_np, return_inverse=True)[1].astype(np.int64).ravel()
         num_labels = int(labels_np.max()) + 1
-    # Grid cells at least as large as the largest box, so intersecting boxes are neighbours;
-    # no more than ~4 cells per box overall, so memory stays O(N).
-    sizes = np.maximum(x2 - x1, y2 - y1)
-    extent_x = float(x1.max() - x1.min())
-    extent_y = float(y1.max() - y1.min())
+    # Boxes are filed by centre. A pair with IoU > t >= 0 has |dcx| < max(w_a, w_b) (1 - t)
+    # (the intersection width exceeds t max(w_a, w_b)), likewise for y; any intersecting pair has
+    # |dcx| < max side. Cells at least that large (plus 1% for rounding) put every suppressor
+    # in the 3 x 3 neighbourhood; no more than ~4 cells per box overall, so memory stays O(N).
+    centre_x, centre_y = (x1 + x2) * 0.5, (y1 + y2) * 0.5
+    reach = float(np.maximum(x2 - x1, y2 - y1).max()) * (1.0 - min(max(float(iou_threshold), 0.0), 1.0))
+    extent_x = float(centre_x.max() - centre_x.min())
+    extent_y = float(centre_y.max() - centre_y.min())
     max_cells_per_axis = max(1.0, math.sqrt(4.0 * boxes.shape[0] / num_labels))
-    cell = max(float(sizes.max()), extent_x / max_cells_per_axis, extent_y / max_cells_per_axis, 1e-6)
+    cell = max(reach * 1.01, extent_x / max_cells_per_axis, extent_y / max_cells_per_axis, 1e-6)
     grid_w = int(extent_x / cell) + 1
     grid_h = int(extent_y / cell) + 1
     threshold = np.asarray(iou_threshold, dtype=coords_np.dtype)[()]
-    kept = _greedy_nms_grid(x1, y1, x2, y2, order.numpy(), labels_np, threshold,
-                            coords_np.dtype.type(x1.min()), coords_np.dtype.type(y1.min()),
+    kept = _greedy_nms_grid(x1, y1, x2, y2, centre_x, centre_y, order.numpy(), labels_np, threshold,
+                            coords_np.dtype.type(centre_x.min()), coords_np.dtype.type(centre_y.min()),
                             coords_np.dtype.type(cell), grid_w, grid_h)
     return torch.from_numpy(kept).to(torch.int64)
 
@@ -202,8 +207,6 @@ def _dispatch(boxes, scores, labels, iou_threshold, backend):
         raise ValueError("backend='numba' requested but numba is not installed (pip install numba)")
     use_numba = backend == "numba" or (backend == "auto" and HAS_NUMBA and boxes.device.type == "cpu")
     if use_numba:
-        if not bool(torch.isfinite(boxes).all()):
-            raise ValueError("boxes contain NaN or infinite coordinates")
         return _nms_numba(boxes, scores.detach(), labels, iou_threshold).to(boxes.device)
     return _nms_torch(boxes.detach(), scores.detach(), labels, float(iou_threshold))
 
