@@ -11,3 +11,6 @@ __all__ = [
 from canon.ops.roi import MultiScaleRoIAlign, assign_fpn_levels, roi_align, roi_pool  # noqa: E402
 
 __all__ += ["roi_align", "roi_pool", "assign_fpn_levels", "MultiScaleRoIAlign"]
+from canon.ops.anchors import AnchorGenerator, BalancedPositiveNegativeSampler, Matcher  # noqa: E402
+
+__all__ += ["AnchorGenerator", "Matcher", "BalancedPositiveNegativeSampler"]
