@@ -180,3 +180,12 @@ def test_multi_scale_roi_align_pools_each_box_from_its_level():
             torch.testing.assert_close(got[rows:rows + 1], want)
             rows += 1
     assert rows == got.shape[0] == 13
+
+
+def test_roi_align_gradcheck_through_box_coordinates():
+    """Box coordinates get gradients too (through the bilinear weights); compared with finite differences."""
+    g = torch.Generator().manual_seed(15)
+    feature = torch.randn(1, 2, 6, 7, generator=g, dtype=torch.float64, requires_grad=True)
+    boxes = random_rois(3, 1, seed=16, extent=(12.0, 10.0), max_wh=9.0, dtype=torch.float64)[:, 1:]
+    boxes = (boxes + 0.123).requires_grad_(True)  # samples off integer positions, where the weights have kinks
+    assert torch.autograd.gradcheck(lambda f, b: roi_align(f, [b], 2, 1.0, 2, True), (feature, boxes))
