@@ -121,10 +121,28 @@ def _nms_torch(boxes: Tensor, scores: Tensor, labels: Tensor | None, iou_thresho
 if HAS_NUMBA:
 
     @numba.njit(cache=True, nogil=True)
-    def _greedy_nms_grid(x1, y1, x2, y2, centre_x, centre_y, order, labels, iou_threshold, origin_x, origin_y,
-                         cell, grid_w, grid_h):  # pragma: no cover - compiled
+    def _greedy_nms_grid(boxes, order, labels, num_labels, iou_threshold):  # pragma: no cover - compiled
+        """boxes [N, 4] xyxy (float32/64), order [N] by decreasing score, labels [N] in [0, num_labels)."""
         n = order.shape[0]
-        num_labels = labels.max() + 1 if n > 0 else 1
+        # Boxes are filed by centre. A pair with IoU > t >= 0 has |dcx| < max(w_a, w_b) (1 - t)
+        # (the intersection width exceeds t max(w_a, w_b)), likewise for y; any intersecting pair
+        # has |dcx| < max side. Cells at least that large (plus 1% for rounding) put every
+        # suppressor in the 3 x 3 neighbourhood; at most ~4 cells per box, so memory is O(N).
+        min_cx, max_cx = np.inf, -np.inf
+        min_cy, max_cy = np.inf, -np.inf
+        max_side = 0.0
+        for i in range(n):
+            cx = 0.5 * (boxes[i, 0] + boxes[i, 2])
+            cy = 0.5 * (boxes[i, 1] + boxes[i, 3])
+            min_cx, max_cx = min(min_cx, cx), max(max_cx, cx)
+            min_cy, max_cy = min(min_cy, cy), max(max_cy, cy)
+            max_side = max(max_side, boxes[i, 2] - boxes[i, 0], boxes[i, 3] - boxes[i, 1])
+        reach = max_side * (1.0 - min(max(float(iou_threshold), 0.0), 1.0))
+        max_cells_per_axis = max(1.0, np.sqrt(4.0 * n / num_labels))
+        cell = max(reach * 1.01, (max_cx - min_cx) / max_cells_per_axis, (max_cy - min_cy) / max_cells_per_axis, 1e-6)
+        grid_w = int((max_cx - min_cx) / cell) + 1
+        grid_h = int((max_cy - min_cy) / cell) + 1
+
         head = np.full(num_labels * grid_h * grid_w, -1, np.int64)
         next_node = np.empty(n, np.int64)
         kept = np.empty(n, np.int64)
@@ -132,20 +150,21 @@ if HAS_NUMBA:
         for r in range(n):
             i = order[r]
             label = labels[i]
-            area_i = max(x2[i] - x1[i], 0) * max(y2[i] - y1[i], 0)
-            cx = min(max(int((centre_x[i] - origin_x) / cell), 0), grid_w - 1)
-            cy = min(max(int((centre_y[i] - origin_y) / cell), 0), grid_h - 1)
+            x1, y1, x2, y2 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+            area_i = (x2 - x1) * (y2 - y1)  # only used when an intersection is positive, so > 0
+            gx_i = min(max(int((0.5 * (x1 + x2) - min_cx) / cell), 0), grid_w - 1)
+            gy_i = min(max(int((0.5 * (y1 + y2) - min_cy) / cell), 0), grid_h - 1)
             suppressed = False
-            for gy in range(max(cy - 1, 0), min(cy + 2, grid_h)):
-                for gx in range(max(cx - 1, 0), min(cx + 2, grid_w)):
+            for gy in range(max(gy_i - 1, 0), min(gy_i + 2, grid_h)):
+                for gx in range(max(gx_i - 1, 0), min(gx_i + 2, grid_w)):
                     node = head[(label * grid_h + gy) * grid_w + gx]
                     while node != -1:
                         j = kept[node]
-                        iw = min(x2[i], x2[j]) - max(x1[i], x1[j])
-                        ih = min(y2[i], y2[j]) - max(y1[i], y1[j])
-                        if iw > 0 and ih > 0:
+                        iw = min(x2, boxes[j, 2]) - max(x1, boxes[j, 0])
+                        ih = min(y2, boxes[j, 3]) - max(y1, boxes[j, 1])
+                        if iw > 0 and ih > 0:  # never suppress on an empty or undefined overlap
                             inter = iw * ih
-                            area_j = (x2[j] - x1[j]) * (y2[j] - y1[j])
+                            area_j = (boxes[j, 2] - boxes[j, 0]) * (boxes[j, 3] - boxes[j, 1])
                             if inter / (area_i + area_j - inter) > iou_threshold:
                                 suppressed = True
                                 break
@@ -156,7 +175,7 @@ if HAS_NUMBA:
                     break
             if not suppressed:
                 kept[num_kept] = i
-                cell_id = (label * grid_h + cy) * grid_w + cx
+                cell_id = (label * grid_h + gy_i) * grid_w + gx_i
                 next_node[num_kept] = head[cell_id]
                 head[cell_id] = num_kept
                 num_kept += 1
@@ -165,37 +184,25 @@ if HAS_NUMBA:
 
 def _nms_numba(boxes: Tensor, scores: Tensor, labels: Tensor | None, iou_threshold: float) -> Tensor:
     order = _score_order(scores)
-    coords = boxes.detach().contiguous()
+    coords = boxes.detach()
     if coords.dtype not in (torch.float32, torch.float64):
         coords = coords.to(torch.float32)
-    coords_np = coords.numpy()
+    coords_np = np.ascontiguousarray(coords.numpy())
     if not np.isfinite(coords_np).all():  # numpy: no thread-pool wake-up for a small check
         raise ValueError("boxes contain NaN or infinite coordinates; the grid kernel needs finite boxes")
-    x1, y1, x2, y2 = (np.ascontiguousarray(coords_np[:, k]) for k in range(4))
     if labels is None:
-        labels_np = np.zeros(boxes.shape[0], np.int64)
-        num_labels = 1
+        labels_np, num_labels = np.zeros(boxes.shape[0], np.int64), 1
     else:
         labels_np = labels.detach().to(torch.int64).numpy()
-        labels_np = np.unique(labels_np, return_inverse=True)[1].astype(np.int64).ravel()
-        num_labels = int(labels_np.max()) + 1
-    # Boxes are filed by centre. A pair with IoU > t >= 0 has |dcx| < max(w_a, w_b) (1 - t)
-    # (the intersection width exceeds t max(w_a, w_b)), likewise for y; any intersecting pair has
-    # |dcx| < max side. Cells at least that large (plus 1% for rounding) put every suppressor
-    # in the 3 x 3 neighbourhood; no more than ~4 cells per box overall, so memory stays O(N).
-    centre_x, centre_y = (x1 + x2) * 0.5, (y1 + y2) * 0.5
-    reach = float(np.maximum(x2 - x1, y2 - y1).max()) * (1.0 - min(max(float(iou_threshold), 0.0), 1.0))
-    extent_x = float(centre_x.max() - centre_x.min())
-    extent_y = float(centre_y.max() - centre_y.min())
-    max_cells_per_axis = max(1.0, math.sqrt(4.0 * boxes.shape[0] / num_labels))
-    cell = max(reach * 1.01, extent_x / max_cells_per_axis, extent_y / max_cells_per_axis, 1e-6)
-    grid_w = int(extent_x / cell) + 1
-    grid_h = int(extent_y / cell) + 1
+        low, high = int(labels_np.min()), int(labels_np.max())
+        if low < 0 or high >= 4 * boxes.shape[0] + 64:  # sparse or negative ids: renumber 0..L-1
+            labels_np = np.unique(labels_np, return_inverse=True)[1].astype(np.int64).ravel()
+            high = int(labels_np.max())
+        num_labels = high + 1
+    # the threshold in the boxes' precision, as onnxruntime compares it
     threshold = np.asarray(iou_threshold, dtype=coords_np.dtype)[()]
-    kept = _greedy_nms_grid(x1, y1, x2, y2, centre_x, centre_y, order.numpy(), labels_np, threshold,
-                            coords_np.dtype.type(centre_x.min()), coords_np.dtype.type(centre_y.min()),
-                            coords_np.dtype.type(cell), grid_w, grid_h)
-    return torch.from_numpy(kept).to(torch.int64)
+    kept = _greedy_nms_grid(coords_np, order.numpy(), labels_np, num_labels, threshold)
+    return torch.from_numpy(kept)
 
 
 def _dispatch(boxes, scores, labels, iou_threshold, backend):
