@@ -118,9 +118,17 @@ def _nms_torch(boxes: Tensor, scores: Tensor, labels: Tensor | None, iou_thresho
 
 # --------------------------------------------------------------------------- numba path
 
+def _jit(function):
+    """numba.njit with an on-disk cache, or without one where no cache folder is writable."""
+    try:
+        return numba.njit(cache=True, nogil=True)(function)
+    except RuntimeError:  # pragma: no cover - read-only installs
+        return numba.njit(nogil=True)(function)
+
+
 if HAS_NUMBA:
 
-    @numba.njit(cache=True, nogil=True)
+    @_jit
     def _greedy_nms_grid(boxes, order, labels, num_labels, iou_threshold):  # pragma: no cover - compiled
         """boxes [N, 4] xyxy (float32/64), order [N] by decreasing score, labels [N] in [0, num_labels)."""
         n = order.shape[0]
