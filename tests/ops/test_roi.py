@@ -189,3 +189,11 @@ def test_roi_align_gradcheck_through_box_coordinates():
     boxes = random_rois(3, 1, seed=16, extent=(12.0, 10.0), max_wh=9.0, dtype=torch.float64)[:, 1:]
     boxes = (boxes + 0.123).requires_grad_(True)  # samples off integer positions, where the weights have kinks
     assert torch.autograd.gradcheck(lambda f, b: roi_align(f, [b], 2, 1.0, 2, True), (feature, boxes))
+
+
+@pytest.mark.parametrize("upper", [300, 70000])
+def test_backward_sort_helper_is_a_stable_argsort(upper):
+    from canon.ops.roi import _argsort_small_ints
+
+    values = torch.randint(0, upper, (5000,), generator=torch.Generator().manual_seed(17))
+    assert torch.equal(_argsort_small_ints(values, upper), torch.sort(values, stable=True)[1])
