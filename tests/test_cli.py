@@ -78,4 +78,5 @@ def test_demo_reaches_its_bar(tmp_path):
     r = canon("demo", "--out", str(tmp_path / "demo"), "--quiet", timeout=300)
     assert r.returncode == 0, r.stderr
     acc = float(r.stdout.split("test accuracy ")[1].split()[0])
-    assert acc >= 0.97
+    seconds = float(r.stdout.split(" epochs in ")[1].split()[0])
+    assert acc >= 0.97 and seconds < 60, r.stdout

@@ -112,6 +112,10 @@ def cmd_info(args) -> int:
 def cmd_train(args) -> int:
     from canon.engine.trainer import TrainConfig, train
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     config = TrainConfig(
         model=args.model, data=args.data, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr, optimizer=args.optimizer, scheduler=args.scheduler, warmup_epochs=args.warmup_epochs,
@@ -188,6 +192,11 @@ def cmd_demo(args) -> int:
     out = args.out or "runs/demo-lenet5-digits"
     print("canon demo: training lenet5 on scikit-learn's digits (1,797 real 8x8 scans, upscaled to 32x32)",
           file=sys.stderr)
+    import torch
+
+    # LeNet-5 on 32x32 is too small to split across threads: one thread is as fast on an idle
+    # machine and many times faster on a busy one, where threads wait for each other.
+    torch.set_num_threads(1)
     started = time.perf_counter()
     config = TrainConfig(model="lenet5", data="digits", epochs=12, batch_size=32, lr=0.05, optimizer="sgd",
                          scheduler="cosine", weight_decay=5e-4, seed=0, out=out, progress=not args.quiet)
@@ -244,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balanced-sampler", action="store_true", help="over/under-sample to balance classes")
     p.add_argument("--max-steps-per-epoch", type=int, help="cap batches per epoch (quick checks)")
     p.add_argument("--config", help="YAML file of TrainConfig fields (overrides the flags)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; 1 suits small models)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch log")
     p.set_defaults(func=cmd_train)
 
