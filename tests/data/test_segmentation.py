@@ -83,6 +83,19 @@ def test_coco_seg_all_categories_and_query_form(coco_dir):
 
 
 # ------------------------------------------------------------------------------ a fake VOC tree
+def test_coco_seg_explicit_annotation_and_image_paths(coco_dir):
+    """The issue's form coco-seg:ANNOTATIONS_JSON:IMAGE_DIR reads the same images and masks as
+    the folder form; its test split swaps train for val in both names, as COCO names them."""
+    spec = (f"coco-seg:{coco_dir}/annotations/instances_train2017.json:{coco_dir}/train2017"
+            "?categories=person")
+    train, test = build_dataset(spec, split="train"), build_dataset(spec, split="test")
+    folder_test = build_dataset(f"coco-person:{coco_dir}", split="test")
+    assert (len(train), len(test)) == (80, 79) and test.info.class_names == ["background", "person"]
+    assert torch.equal(test[5][1], folder_test[5][1])
+    with pytest.raises(DataError, match="nope.json"):
+        build_dataset(f"coco-seg:{coco_dir}/nope.json:{coco_dir}/train2017", split="train")
+
+
 def _palette_png(path: Path, indices: np.ndarray) -> None:
     img = Image.fromarray(indices.astype(np.uint8), mode="P")
     img.putpalette([v for i in range(256) for v in (i, 255 - i, (7 * i) % 256)])

@@ -235,6 +235,30 @@ def build_coco_seg(root: str | Path, split: str, categories: Sequence[str] | Non
     root = Path(root).expanduser()
     year_split = "train2017" if split == "train" else "val2017"
     ann_file, image_dir = root / "annotations" / f"instances_{year_split}.json", root / year_split
+    return _build_coco_files(ann_file, image_dir, split, categories)
+
+
+def coco_split_files(ann_file: str | Path, image_dir: str | Path, split: str) -> tuple[Path, Path]:
+    """The files of ``split`` for the explicit form ``coco-seg:ANNOTATIONS_JSON:IMAGE_DIR``.
+
+    The two paths name the training files; the test split reads the same paths with ``train``
+    replaced by ``val`` in their last components (COCO's own naming: ``instances_train2017.json``
+    and ``train2017/`` become ``instances_val2017.json`` and ``val2017/``). Paths without
+    ``train`` in their names serve both splits (e.g. to evaluate on one annotation file).
+    """
+    ann_file, image_dir = Path(ann_file).expanduser(), Path(image_dir).expanduser()
+    if split == "train":
+        return ann_file, image_dir
+    return (ann_file.with_name(ann_file.name.replace("train", "val")),
+            image_dir.with_name(image_dir.name.replace("train", "val")))
+
+
+def _build_coco_files(ann_file: Path, image_dir: Path, split: str,
+                      categories: Sequence[str] | None) -> SegmentationDataset:
+    from pycocotools.coco import COCO
+    import contextlib
+    import io
+
     if not ann_file.is_file():
         raise data_error(ann_file, "COCO instance annotations (coco-seg:DIR wants DIR/annotations/"
                          "instances_{train,val}2017.json and DIR/{train,val}2017/)", found="no such file")
@@ -290,4 +314,11 @@ def build_segmentation(kind: str, path: str, split: str) -> SegmentationDataset:
         if key != "categories" or not value:
             raise data_error(None, "coco-seg:DIR?categories=NAME[,NAME...]", found=repr(f"{kind}:{path}"))
         categories = [c.strip() for c in value.split(",") if c.strip()]
+    if kind == "coco-seg" and ":" in folder:
+        # the explicit form coco-seg:ANNOTATIONS_JSON:IMAGE_DIR
+        ann_file, _, image_dir = folder.partition(":")
+        if not ann_file.endswith(".json") or not image_dir:
+            raise data_error(None, "coco-seg:DIR or coco-seg:ANNOTATIONS_JSON:IMAGE_DIR",
+                             found=repr(f"{kind}:{path}"))
+        return _build_coco_files(*coco_split_files(ann_file, image_dir, split), split, categories)
     return build_coco_seg(folder, split, categories)
