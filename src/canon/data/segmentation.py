@@ -17,6 +17,8 @@ spec                               what it is
                                    background, then the categories in id order.
 ``coco-seg:DIR?categories=A,B``    the same, keeping only the named categories (others: background)
 ``coco-person:DIR``                alias of ``coco-seg:DIR?categories=person`` (person vs background)
+``coco-seg:ANN_JSON:IMAGE_DIR``    explicit files for train; test swaps ``train`` for ``val`` in both
+                                   names (see :func:`coco_split_files`); ``?categories=`` works too
 =================================  ===================================================================
 
 Every item is ``(image FloatTensor [C, H, W] in [0, 1], mask LongTensor [H, W])``, unnormalised
