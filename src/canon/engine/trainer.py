@@ -112,8 +112,7 @@ class Trainer:
         self.model = create_model(cfg.model, **kwargs)
         self.teacher = None
         if cfg.teacher:
-            self.teacher, _ = load_model(cfg.teacher)
-            self.teacher.eval()
+            self.teacher = _load_teacher(cfg.teacher, self.input_size, self.data_info)
             if hasattr(self.model, "distilled_training"):
                 self.model.distilled_training = True
         self.class_weights = None
@@ -261,6 +260,49 @@ class Trainer:
     def _log(self, message: str) -> None:
         if self.config.progress:
             print(message, file=sys.stderr, flush=True)
+
+
+class TeacherAtItsInputSize(torch.nn.Module):
+    """A frozen teacher that sees the student's batch resized to the size it was trained at.
+
+    DeiT distils at one resolution; here a teacher and a student may need different sizes (a
+    ResNet-18 with the ImageNet stem needs 32 px, a patch-4 ViT for MNIST takes 28 px). The batch
+    is already normalised with the dataset's statistics, and a bilinear resize commutes with that
+    per-channel affine map, so resizing the normalised batch equals normalising a resized image.
+    """
+
+    def __init__(self, teacher: torch.nn.Module, input_size: tuple[int, int]):
+        super().__init__()
+        self.teacher = teacher.eval().requires_grad_(False)
+        self.input_size = tuple(input_size)
+
+    def train(self, mode: bool = True):  # the teacher stays in eval mode (batch-norm statistics)
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape[-2:]) != self.input_size:
+            images = torch.nn.functional.interpolate(images, size=self.input_size, mode="bilinear",
+                                                     align_corners=False, antialias=True)
+        return self.teacher(images)
+
+
+def _load_teacher(path: str, student_input_size, data_info) -> torch.nn.Module:
+    """Load ``--teacher RUN_DIR`` and check it was trained on this data (classes, channels)."""
+    teacher, meta = load_model(path)
+    extra = meta.get("extra", {})
+    teacher_classes = extra.get("class_names") or []
+    student_classes = list(getattr(data_info, "class_names", []) or [])
+    if teacher_classes and student_classes and teacher_classes != student_classes:
+        raise ValueError(f"--teacher {meta['path']} was trained on classes {teacher_classes[:5]}... "
+                         f"({len(teacher_classes)}), the student's data has {student_classes[:5]}... "
+                         f"({len(student_classes)}): a teacher must predict the student's classes")
+    for key in ("mean", "std"):
+        theirs, ours = extra.get(key) or [], list(getattr(data_info, key, []) or [])
+        if theirs and ours and not np.allclose(theirs, ours, atol=1e-6):
+            raise ValueError(f"--teacher {meta['path']} was trained with {key} {theirs}, the student's data is "
+                             f"normalised with {key} {ours}: train the teacher on the same data")
+    size = extra.get("input_size") or list(student_input_size)
+    return TeacherAtItsInputSize(teacher, tuple(size[-2:]))
 
 
 def train(config: TrainConfig) -> dict[str, Any]:

@@ -1,0 +1,67 @@
+"""DeiT hard distillation through the trainer: a teacher trained at its own input size."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from canon.engine.checkpoint import load_model
+from canon.engine.trainer import TeacherAtItsInputSize, TrainConfig, train
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("distillation") / "teacher"
+    train(TrainConfig(model="lenet5", data="digits", epochs=1, batch_size=32, lr=0.05, seed=0, out=str(out),
+                      progress=False))
+    return out
+
+
+def test_teacher_sees_the_batch_resized_to_its_own_size_and_stays_frozen():
+    teacher = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.AdaptiveAvgPool2d(1),
+                                  torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    teacher[1].running_mean.normal_()
+    wrapped = TeacherAtItsInputSize(teacher, (32, 32))
+    wrapped.train()
+    assert not teacher.training  # batch-norm statistics are the teacher's, never updated
+    x = torch.randn(3, 1, 28, 28)
+    expected = teacher(F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False, antialias=True))
+    torch.testing.assert_close(wrapped(x), expected)
+    torch.testing.assert_close(wrapped(torch.ones(2, 1, 32, 32)), teacher(torch.ones(2, 1, 32, 32)))
+    assert all(not p.requires_grad for p in wrapped.parameters())
+
+
+def test_distilled_vit_at_28_px_learns_from_a_32_px_lenet_teacher(tmp_path, teacher_dir):
+    teacher, meta = load_model(teacher_dir)
+    assert meta["extra"]["input_size"] == [32, 32]
+
+    seen = []
+    original = TeacherAtItsInputSize.forward
+
+    def spy(self, images):
+        out = original(self, images)
+        seen.append((tuple(images.shape[-2:]), tuple(out.shape)))
+        return out
+
+    TeacherAtItsInputSize.forward = spy
+    try:
+        metrics = train(TrainConfig(model="deit_tiny_distilled_patch4_28", data="digits", input_size=(28, 28),
+                                    epochs=1, batch_size=32, lr=1e-3, optimizer="adamw", seed=0,
+                                    max_steps_per_epoch=8, teacher=str(teacher_dir), out=str(tmp_path / "student"),
+                                    progress=False))
+    finally:
+        TeacherAtItsInputSize.forward = original
+    assert len(seen) == 8 and all(size == (28, 28) and out[1] == 10 for size, out in seen)
+    assert metrics["input_size"] == [28, 28] and 0.0 <= metrics["test_accuracy"] <= 1.0
+
+
+def test_a_teacher_for_other_classes_is_refused(tmp_path, monkeypatch, teacher_dir):
+    from canon.engine import trainer as trainer_module
+
+    def other_classes(path):
+        model, meta = load_model(path)
+        meta["extra"]["class_names"] = [f"c{i}" for i in range(10)]
+        return model, meta
+
+    monkeypatch.setattr(trainer_module, "load_model", other_classes)
+    with pytest.raises(ValueError, match="teacher must predict the student's classes"):
+        train(TrainConfig(model="deit_tiny_distilled_patch4_28", data="digits", input_size=(28, 28), epochs=1,
+                          max_steps_per_epoch=1, teacher=str(teacher_dir), out=str(tmp_path / "s"), progress=False))
