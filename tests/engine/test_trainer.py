@@ -81,3 +81,29 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     good, meta = load_weights(tmp_path / "run" / "last.safetensors")
     assert meta["extra"]["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in good.values() if v.is_floating_point())
+
+
+
+def test_channels_last_trains_to_the_same_weights_and_saves_plain_tensors(tmp_path, monkeypatch):
+    # LeNet-5 has no batch norm, so float32 noise stays small and the two memory orders must agree
+    # closely (deep batch-norm nets amplify summation-order noise to ~1% in both orders alike).
+    seen = []
+    original = ClassificationTask.compute_loss
+
+    def spy(self, model, batch, stats, **kw):
+        conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+        seen.append((batch[0].is_contiguous(memory_format=torch.channels_last),
+                     conv.weight.is_contiguous(memory_format=torch.channels_last)))
+        return original(self, model, batch, stats, **kw)
+
+    common = dict(epochs=2, max_steps_per_epoch=4, batch_size=16, augment="none")
+    train(_config(tmp_path / "nchw", **common))
+    monkeypatch.setattr(ClassificationTask, "compute_loss", spy)
+    train(_config(tmp_path / "nhwc", channels_last=True, **common))
+    assert seen == [(True, True)] * 8
+    a, _ = load_weights(tmp_path / "nchw" / "run" / "last.safetensors")
+    b, _ = load_weights(tmp_path / "nhwc" / "run" / "last.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert b[k].is_contiguous(), k
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
