@@ -97,3 +97,32 @@ def test_classification_data_for_a_segmentation_model_is_refused_with_the_specs(
     with pytest.raises(ValueError, match="classification dataset.*isbi-membrane:DIR.*coco-person:DIR"):
         SegmentationTask().build_datasets("digits", None, input_size=None, augment="default",
                                           model_input_size=(3, 64, 64))
+
+
+def test_eval_of_test_images_of_different_sizes(tmp_path):
+    """COCO's val images differ in size: `canon eval` must not batch them (it once collated 256)."""
+    import numpy as np
+    from PIL import Image
+
+    from canon.engine.evaluate import evaluate_checkpoint
+    from canon.engine.trainer import TrainConfig, train
+
+    root = tmp_path / "voc"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    sizes = {"a": (24, 32), "b": (32, 20), "c": (28, 28)}
+    for name, (h, w) in sizes.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / "JPEGImages" / f"{name}.jpg")
+        mask = Image.fromarray((rng.random((h, w)) > 0.5).astype(np.uint8) * 15, mode="P")
+        mask.putpalette([v for i in range(256) for v in (i, i, i)])
+        mask.save(root / "SegmentationClass" / f"{name}.png")
+    for split in ("train", "val"):
+        (root / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(sizes) + "\n")
+    run = tmp_path / "run"
+    train(TrainConfig(model="unet", data=f"voc-seg:{root}", epochs=1, batch_size=2, max_steps_per_epoch=1,
+                      input_size=(16, 16), model_kwargs={"base_channels": 4, "depth": 2}, out=str(run),
+                      progress=False))
+    result = evaluate_checkpoint(str(run), data=f"voc-seg:{root}", batch_size=256, out_dir=str(tmp_path / "eval"))
+    assert 0.0 <= result["test_pixel_accuracy"] <= 1.0
+    assert (tmp_path / "eval" / "eval.json").is_file()

@@ -34,6 +34,11 @@ def evaluate_checkpoint(checkpoint: str, *, data: str, data_dir: str | None = No
     _, test_set, info, input_size = task.build_datasets(
         data, data_dir, input_size=input_size or None, augment="default",
         model_input_size=input_size, model=model)
+    # Dense prediction evaluates whole test images, which may differ in size (COCO): the task's
+    # own batch size (one image) caps the requested one.
+    task_batch_size = getattr(task, "eval_batch_size", None)
+    if task_batch_size:
+        batch_size = min(batch_size, task_batch_size)
     loader = DataLoader(test_set, batch_size=batch_size, shuffle=False)
     result = task.evaluate(model, loader, num_classes=info.num_classes, full=True)
     out = Path(out_dir) if out_dir else Path(meta["path"]).parent
