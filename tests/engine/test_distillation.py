@@ -29,7 +29,19 @@ def test_teacher_sees_the_batch_resized_to_its_own_size_and_stays_frozen():
     assert all(not p.requires_grad for p in wrapped.parameters())
 
 
-def test_distilled_vit_at_28_px_learns_from_a_32_px_lenet_teacher(tmp_path, teacher_dir):
+def test_teacher_input_equals_the_data_pipeline_at_the_teachers_size():
+    """Resizing the normalised 28 px batch gives what the teacher saw in its own training: the
+    dataset's image resized to 32 px by canon.data.transforms, then normalised."""
+    from canon.data import transforms as T
+
+    image = torch.rand(1, 28, 28)  # an MNIST-like image in [0, 1]
+    mean, std = [0.1307], [0.3081]
+    seen = TeacherAtItsInputSize(torch.nn.Identity(), (32, 32))(T.normalize(image, mean, std).unsqueeze(0))
+    expected = T.normalize(T.resize(image, (32, 32)), mean, std).unsqueeze(0)
+    torch.testing.assert_close(seen, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_distilled_vit_at_28_px_trains_with_a_32_px_lenet_teacher(tmp_path, teacher_dir):
     teacher, meta = load_model(teacher_dir)
     assert meta["extra"]["input_size"] == [32, 32]
 

@@ -83,7 +83,6 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(tmp_pa
     assert all(torch.isfinite(v).all() for v in good.values() if v.is_floating_point())
 
 
-
 def test_channels_last_trains_to_the_same_weights_and_saves_plain_tensors(tmp_path, monkeypatch):
     # LeNet-5 has no batch norm, so float32 noise stays small and the two memory orders must agree
     # closely (deep batch-norm nets amplify summation-order noise to ~1% in both orders alike).

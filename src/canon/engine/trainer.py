@@ -298,7 +298,7 @@ class TeacherAtItsInputSize(torch.nn.Module):
 
 
 def _load_teacher(path: str, student_input_size, data_info) -> torch.nn.Module:
-    """Load ``--teacher RUN_DIR`` and check it was trained on this data (classes, channels)."""
+    """Load ``--teacher RUN_DIR`` and check it was trained on this data (classes, normalisation)."""
     teacher, meta = load_model(path)
     extra = meta.get("extra", {})
     teacher_classes = extra.get("class_names") or []
