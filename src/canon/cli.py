@@ -122,7 +122,9 @@ def cmd_train(args) -> int:
         weight_decay=args.weight_decay, momentum=args.momentum, label_smoothing=args.label_smoothing, loss=args.loss,
         seed=args.seed, out=args.out or f"runs/{args.model}-{args.data.split(':')[0]}", resume=args.resume,
         augment=args.augment, input_size=_parse_size(args.input_size),
-        model_kwargs=_parse_model_args(args.model_arg), teacher=args.teacher, class_weights=args.class_weights,
+        model_kwargs=_parse_model_args(args.model_arg), teacher=args.teacher, distillation=args.distillation,
+        distillation_alpha=args.distillation_alpha, distillation_tau=args.distillation_tau,
+        class_weights=args.class_weights,
         balanced_sampler=args.balanced_sampler, max_steps_per_epoch=args.max_steps_per_epoch,
         channels_last=args.channels_last,
         progress=not args.quiet,
@@ -249,7 +251,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", choices=("default", "none"), default="default")
     p.add_argument("--input-size", help="H,W (default: the data's size if the model takes it)")
     p.add_argument("--model-arg", action="append", metavar="K=V", help="model option, e.g. small_input=True")
-    p.add_argument("--teacher", metavar="RUN_DIR", help="distil from a trained canon model (DeiT hard distillation)")
+    p.add_argument("--teacher", metavar="RUN_DIR", help="distil from a trained canon model (DeiT distillation)")
+    p.add_argument("--distillation", choices=["hard", "soft"], default="hard",
+                   help="with --teacher: learn the teacher's argmax (DeiT's hard, default) or its softened "
+                        "distribution (soft, temperature --distillation-tau)")
+    p.add_argument("--distillation-alpha", type=float, default=None,
+                   help="weight of the teacher's term (default 0.5 hard, 0.1 soft, as in DeiT)")
+    p.add_argument("--distillation-tau", type=float, default=3.0, help="soft distillation's temperature (default 3)")
     p.add_argument("--class-weights", choices=("inverse", "effective"), help="weight the loss by class frequency")
     p.add_argument("--balanced-sampler", action="store_true", help="over/under-sample to balance classes")
     p.add_argument("--max-steps-per-epoch", type=int, help="cap batches per epoch (quick checks)")

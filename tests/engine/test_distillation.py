@@ -1,8 +1,9 @@
-"""DeiT hard distillation through the trainer: a teacher trained at its own input size."""
+"""DeiT distillation (hard and soft) through the trainer: a teacher trained at its own input size."""
 import pytest
 import torch
 import torch.nn.functional as F
 
+from canon import create_model as canon_model
 from canon.engine.checkpoint import load_model
 from canon.engine.trainer import TeacherAtItsInputSize, TrainConfig, train
 
@@ -77,3 +78,39 @@ def test_a_teacher_for_other_classes_is_refused(tmp_path, monkeypatch, teacher_d
     with pytest.raises(ValueError, match="teacher must predict the student's classes"):
         train(TrainConfig(model="deit_tiny_distilled_patch4_28", data="digits", input_size=(28, 28), epochs=1,
                           max_steps_per_epoch=1, teacher=str(teacher_dir), out=str(tmp_path / "s"), progress=False))
+
+
+@pytest.mark.parametrize("kind", ["hard", "soft"])
+def test_the_task_trains_the_distillation_head_on_the_chosen_loss(kind):
+    """ClassificationTask's loss for a distilled DeiT equals DeiT's eq. 2 / eq. 3 functions."""
+    from canon.engine.tasks import ClassificationTask, StepStats
+    from canon.models.classification.deit import hard_distillation_loss, soft_distillation_loss
+
+    torch.manual_seed(0)
+    student = canon_model("deit_tiny_distilled_patch4_28", distilled_training=True).train()
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10)).eval()
+    images, labels = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
+    task = ClassificationTask(distillation=kind, distillation_tau=2.0)
+    got = task.compute_loss(student, (images, labels), StepStats(), teacher=teacher)
+    torch.manual_seed(0)
+    outputs, teacher_logits = student(images), teacher(images)
+    if kind == "hard":
+        expected = hard_distillation_loss(outputs, labels, teacher_logits)
+    else:
+        expected = soft_distillation_loss(outputs, labels, teacher_logits, tau=2.0, alpha=0.1)
+    torch.testing.assert_close(got, expected)
+
+
+def test_distillation_options_are_checked_where_they_enter(tmp_path):
+    from canon.engine.tasks import ClassificationTask
+    from canon.engine.trainer import Trainer
+
+    with pytest.raises(ValueError, match="'hard' or 'soft', got 'sfot'"):
+        ClassificationTask(distillation="sfot")
+    with pytest.raises(ValueError, match=r"--distillation-alpha must be in \[0, 1\], got -0.1"):
+        ClassificationTask(distillation_alpha=-0.1)
+    with pytest.raises(ValueError, match="--distillation-tau must be > 0, got 0"):
+        ClassificationTask(distillation="soft", distillation_tau=0)
+    with pytest.raises(ValueError, match="need --teacher RUN_DIR"):
+        Trainer(TrainConfig(model="deit_tiny_distilled_patch4_28", data="digits", distillation="soft",
+                            out=str(tmp_path / "s")))

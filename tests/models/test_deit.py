@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import canon
-from canon.models.classification.deit import DeiT, hard_distillation_loss
+from canon.models.classification.deit import DeiT, hard_distillation_loss, soft_distillation_loss
 from canon.models.classification.vit import resize_pos_embed
 
 # name: (embed_dim, depth, distilled, timm's parameter count)
@@ -143,10 +143,39 @@ def test_hard_distillation_loss_equals_eq3():
     ce_dist = -dist_logits.log_softmax(1)[torch.arange(5), teacher_labels].mean()
     got = hard_distillation_loss({"logits": logits, "dist_logits": dist_logits}, labels, teacher)
     assert torch.allclose(got, 0.5 * ce_cls + 0.5 * ce_dist, atol=1e-6)
+    # One head (a plain student): both terms read the same logits.
+    ce_single = -logits.log_softmax(1)[torch.arange(5), teacher_labels].mean()
+    assert torch.allclose(hard_distillation_loss(logits, labels, teacher), 0.5 * ce_cls + 0.5 * ce_single, atol=1e-6)
     with pytest.raises(TypeError, match="dist_logits"):
-        hard_distillation_loss(logits, labels, teacher)
+        hard_distillation_loss({"logits": logits}, labels, teacher)
     with pytest.raises(ValueError, match="teacher_logits"):
         hard_distillation_loss({"logits": logits, "dist_logits": dist_logits}, labels, teacher[:, :3])
+
+
+def test_soft_distillation_loss_equals_eq2():
+    """(1−λ)·CE(Z_s, y) + λ·τ²·KL(ψ(Z_t/τ) ‖ ψ(Z_d/τ)), the KL written out as Σ p_t (log p_t − log p_d)."""
+    torch.manual_seed(0)
+    logits, dist_logits, teacher = (torch.randn(3, 6, 10, dtype=torch.float64) * 3).unbind(0)
+    labels = torch.randint(0, 10, (6,))
+    tau, lam = 3.0, 0.1
+    ce = -logits.log_softmax(1)[torch.arange(6), labels].mean()
+    p_t = torch.exp(teacher / tau) / torch.exp(teacher / tau).sum(1, keepdim=True)
+    p_d = torch.exp(dist_logits / tau) / torch.exp(dist_logits / tau).sum(1, keepdim=True)
+    kl = (p_t * (p_t.log() - p_d.log())).sum(1).mean()
+    got = soft_distillation_loss({"logits": logits, "dist_logits": dist_logits}, labels, teacher, tau=tau, alpha=lam)
+    torch.testing.assert_close(got, (1 - lam) * ce + lam * tau ** 2 * kl)
+    # One head (a plain student): both terms read the same logits.
+    single = soft_distillation_loss(logits, labels, teacher, tau=1.0, alpha=0.5)
+    p_s = logits.softmax(1)
+    expected = 0.5 * ce + 0.5 * (teacher.softmax(1) * (teacher.log_softmax(1) - p_s.log())).sum(1).mean()
+    torch.testing.assert_close(single, expected)
+    # A student that matches the teacher has no distillation term left.
+    torch.testing.assert_close(soft_distillation_loss(teacher, labels, teacher, alpha=1.0),
+                               torch.zeros((), dtype=torch.float64))
+    with pytest.raises(ValueError, match="tau must be > 0"):
+        soft_distillation_loss(logits, labels, teacher, tau=0.0)
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\]"):
+        soft_distillation_loss(logits, labels, teacher, alpha=1.5)
 
 
 @pytest.mark.parametrize("name", MINI)

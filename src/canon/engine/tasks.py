@@ -81,17 +81,28 @@ class ClassificationTask(Task):
 
     Model outputs: a logits tensor; in training, models with auxiliary classifiers may return
     ``{"logits": ..., "aux_logits": [...]}`` (weighted by ``model.aux_loss_weight``) and DeiT's
-    distilled models ``{"logits": ..., "dist_logits": ...}`` (hard distillation from a teacher).
+    distilled models ``{"logits": ..., "dist_logits": ...}`` (DeiT's hard or soft distillation from a teacher).
     """
 
     name = "classification"
     primary_metric = "test_accuracy"
     higher_is_better = True
 
-    def __init__(self, label_smoothing: float = 0.0, loss: str = "ce"):
+    def __init__(self, label_smoothing: float = 0.0, loss: str = "ce", distillation: str = "hard",
+                 distillation_alpha: float | None = None, distillation_tau: float = 3.0):
         if loss != "ce":
             raise ValueError(f"classification trains with cross-entropy (--loss ce), got {loss!r}")
+        if distillation not in ("hard", "soft"):
+            raise ValueError(f"--distillation must be 'hard' or 'soft', got {distillation!r}")
+        if distillation_alpha is None:  # DeiT's values: ½ and ½ for hard, λ=0.1 for soft
+            distillation_alpha = 0.5 if distillation == "hard" else 0.1
+        if not 0.0 <= distillation_alpha <= 1.0:
+            raise ValueError(f"--distillation-alpha must be in [0, 1], got {distillation_alpha}")
+        if not distillation_tau > 0:
+            raise ValueError(f"--distillation-tau must be > 0, got {distillation_tau}")
         self.label_smoothing = label_smoothing
+        self.distillation, self.distillation_alpha = distillation, distillation_alpha
+        self.distillation_tau = distillation_tau
 
     def build_datasets(self, data, data_dir, *, input_size, augment, model_input_size, model=None):
         from canon.data import TransformedDataset, build_dataset
@@ -125,10 +136,7 @@ class ClassificationTask(Task):
                 if teacher is None:
                     raise ValueError("the model returns distillation logits but no teacher was given; "
                                      "pass --teacher RUN_DIR or turn distilled_training off")
-                with torch.no_grad():
-                    teacher_labels = teacher(images).argmax(dim=1)
-                # DeiT hard distillation: 1/2 CE(cls head, y) + 1/2 CE(dist head, teacher argmax)
-                loss = 0.5 * ce(logits, labels) + 0.5 * F.cross_entropy(output["dist_logits"], teacher_labels)
+                loss = self._distillation_loss(logits, output["dist_logits"], labels, teacher, images, ce)
                 logits = (logits + output["dist_logits"]) / 2
             else:
                 loss = ce(logits, labels)
@@ -136,15 +144,23 @@ class ClassificationTask(Task):
                 loss = loss + getattr(model, "aux_loss_weight", 0.3) * ce(aux, labels)
         else:
             logits = output
-            if teacher is not None:
-                with torch.no_grad():
-                    teacher_labels = teacher(images).argmax(dim=1)
-                loss = 0.5 * ce(logits, labels) + 0.5 * F.cross_entropy(logits, teacher_labels)
+            if teacher is not None:  # one head learns from both (Hinton et al.'s form)
+                loss = self._distillation_loss(logits, logits, labels, teacher, images, ce)
             else:
                 loss = ce(logits, labels)
         correct = (logits.detach().argmax(dim=1) == labels).sum().item()
         stats.add(loss.item(), labels.numel(), accuracy=correct)
         return loss
+
+    def _distillation_loss(self, logits, dist_logits, labels, teacher, images, ce):
+        """DeiT: (1−α)·CE(class head, y) + α·(what the distillation head learns from the teacher)."""
+        from canon.models.classification.deit import distillation_term
+
+        with torch.no_grad():
+            teacher_logits = teacher(images)
+        alpha = self.distillation_alpha
+        return (1 - alpha) * ce(logits, labels) + alpha * distillation_term(
+            dist_logits, teacher_logits, self.distillation, self.distillation_tau)
 
     @torch.no_grad()
     def evaluate(self, model, loader, *, num_classes: int | None = None, full: bool = False):

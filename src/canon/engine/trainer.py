@@ -63,6 +63,9 @@ class TrainConfig:
     input_size: tuple[int, int] | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     teacher: str | None = None
+    distillation: str = "hard"  # with a teacher: "hard" (DeiT's default) | "soft"
+    distillation_alpha: float | None = None  # weight of the teacher's term; None: 0.5 hard, 0.1 soft
+    distillation_tau: float = 3.0  # soft distillation's temperature
     class_weights: str | None = None  # None | "inverse" | "effective"
     balanced_sampler: bool = False
     eval_every: int = 1
@@ -89,7 +92,13 @@ class Trainer:
         self.run_dir = Path(config.out)
         info = model_info(config.model)  # fails early, with close names, on a typo
         self.model_info = info
-        options = {"label_smoothing": config.label_smoothing} if info.task == "classification" else {}
+        options = {}
+        if info.task == "classification":
+            options = {"label_smoothing": config.label_smoothing, "distillation": config.distillation,
+                       "distillation_alpha": config.distillation_alpha, "distillation_tau": config.distillation_tau}
+        if config.teacher is None and (config.distillation != "hard" or config.distillation_alpha is not None):
+            raise ValueError(f"--distillation {config.distillation} / --distillation-alpha need --teacher RUN_DIR "
+                             "(distillation learns from a trained teacher)")
         if config.loss is not None:
             options["loss"] = config.loss
         self.task = get_task(info.task, **options)

@@ -13,6 +13,8 @@ Follows the paper:
       the class head learning from the label, the distillation head from the teacher's decision
       (:func:`hard_distillation_loss`). At inference the two heads' logits are averaged (the
       paper's late fusion of the two softmax inputs).
+    - Soft distillation (eq. 2), the alternative the paper compares: (1−λ)·CE(ψ(Z_s), y) +
+      λ·τ²·KL(ψ(Z_t/τ) ‖ ψ(Z_d/τ)), τ=3 and λ=0.1 by default (:func:`soft_distillation_loss`).
     - Stochastic depth (``drop_path_rate``) is part of the DeiT training recipe (Table 9).
 
 Deviates, and why:
@@ -42,7 +44,8 @@ from canon.models._validate import check_image_input
 from canon.models.classification.vit import resize_pos_embed
 from canon.registry import register_model
 
-__all__ = ["DeiT", "Block", "Mlp", "hard_distillation_loss", "drop_path",
+__all__ = ["DeiT", "Block", "Mlp", "distillation_term", "hard_distillation_loss", "soft_distillation_loss",
+           "drop_path",
            "deit_tiny_patch16_224", "deit_small_patch16_224", "deit_base_patch16_224",
            "deit_tiny_distilled_patch16_224", "deit_small_distilled_patch16_224",
            "deit_base_distilled_patch16_224", "deit_tiny_patch4_28", "deit_tiny_distilled_patch4_28"]
@@ -50,22 +53,63 @@ __all__ = ["DeiT", "Block", "Mlp", "hard_distillation_loss", "drop_path",
 PAPER = "Training data-efficient image transformers & distillation through attention, 2020, arXiv:2012.12877"
 
 
-def hard_distillation_loss(outputs: dict, labels: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-    """DeiT's hard distillation: ½·CE(logits, labels) + ½·CE(dist_logits, argmax teacher_logits).
-
-    outputs: ``{"logits": (N, K), "dist_logits": (N, K)}`` (a distilled DeiT in distilled training);
-    labels (N,) class indices; teacher_logits (N, K). Returns a scalar (mean over the batch).
-    """
+def _two_heads(outputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """(class logits, distillation logits) of a distilled DeiT's dict, or one tensor used for both."""
+    if isinstance(outputs, torch.Tensor):
+        return outputs, outputs  # a student with one head: the classic (Hinton) single-head form
     if not isinstance(outputs, dict) or not {"logits", "dist_logits"} <= outputs.keys():
         got = sorted(outputs) if isinstance(outputs, dict) else type(outputs).__name__
-        raise TypeError("outputs must be a dict with 'logits' and 'dist_logits' (a distilled DeiT with "
-                        f"distilled_training=True in training mode), got {got}")
-    logits, dist_logits = outputs["logits"], outputs["dist_logits"]
+        raise TypeError("outputs must be a logits tensor or a dict with 'logits' and 'dist_logits' (a distilled "
+                        f"DeiT with distilled_training=True in training mode), got {got}")
+    return outputs["logits"], outputs["dist_logits"]
+
+
+def distillation_term(dist_logits: torch.Tensor, teacher_logits: torch.Tensor, kind: str = "hard",
+                      tau: float = 3.0) -> torch.Tensor:
+    """What the distillation head learns from the teacher (DeiT section 4), a batch mean.
+
+    ``"hard"``: CE(ψ(Z_d), argmax Z_t), the teacher's decision as a label (eq. 3).
+    ``"soft"``: τ²·KL(ψ(Z_t/τ) ‖ ψ(Z_d/τ)) (eq. 2, Hinton et al.'s τ² keeps the gradient scale
+    independent of τ). dist_logits, teacher_logits (N, K) -> scalar.
+    """
     if teacher_logits.shape != dist_logits.shape:
         raise ValueError(f"teacher_logits must have the students' shape {tuple(dist_logits.shape)}, "
                          f"got {tuple(teacher_logits.shape)}")
-    teacher_labels = teacher_logits.argmax(dim=1)  # y_t = argmax_c Z_t(c)
-    return 0.5 * F.cross_entropy(logits, labels) + 0.5 * F.cross_entropy(dist_logits, teacher_labels)
+    if kind == "hard":
+        return F.cross_entropy(dist_logits, teacher_logits.argmax(dim=1))  # y_t = argmax_c Z_t(c)
+    if kind == "soft":
+        if not tau > 0:
+            raise ValueError(f"tau must be > 0, got {tau}")
+        student = F.log_softmax(dist_logits / tau, dim=1)
+        teacher = F.log_softmax(teacher_logits / tau, dim=1)
+        return tau * tau * F.kl_div(student, teacher, reduction="batchmean", log_target=True)
+    raise ValueError(f"distillation kind must be 'hard' or 'soft', got {kind!r}")
+
+
+def hard_distillation_loss(outputs, labels: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """DeiT's hard distillation: ½·CE(logits, labels) + ½·CE(dist_logits, argmax teacher_logits).
+
+    outputs: ``{"logits": (N, K), "dist_logits": (N, K)}`` (a distilled DeiT in distilled training),
+    or one (N, K) logits tensor for both terms; labels (N,) class indices; teacher_logits (N, K).
+    Returns a scalar (mean over the batch).
+    """
+    logits, dist_logits = _two_heads(outputs)
+    return 0.5 * F.cross_entropy(logits, labels) + 0.5 * distillation_term(dist_logits, teacher_logits, "hard")
+
+
+def soft_distillation_loss(outputs, labels: torch.Tensor, teacher_logits: torch.Tensor, *, tau: float = 3.0,
+                           alpha: float = 0.1) -> torch.Tensor:
+    """DeiT's soft distillation (eq. 2): (1−α)·CE(logits, y) + α·τ²·KL(ψ(Z_t/τ) ‖ ψ(dist_logits/τ)).
+
+    The paper's values are τ=3, λ(=α)=0.1. ``outputs`` as in :func:`hard_distillation_loss`.
+    The KL divergence is averaged over the batch (the official code divides by N·K instead,
+    which shrinks the term K-fold; canon follows the paper's formula).
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    logits, dist_logits = _two_heads(outputs)
+    return (1 - alpha) * F.cross_entropy(logits, labels) + alpha * distillation_term(
+        dist_logits, teacher_logits, "soft", tau)
 
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
