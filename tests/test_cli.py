@@ -46,6 +46,8 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
     assert r.returncode == 2 and "missing-run" in r.stderr and "Traceback" not in r.stderr
     r = canon("info", "resnet18", "--model-arg", "num_clases=3")
     assert r.returncode == 2 and "num_classes" in r.stderr
+    r = canon("train", "deit_tiny_distilled_patch4_28", "--data", "digits", "--distillation", "soft")
+    assert r.returncode == 2 and "need --teacher RUN_DIR" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_train_eval_predict_round_trip(tmp_path):
