@@ -114,3 +114,27 @@ def test_distillation_options_are_checked_where_they_enter(tmp_path):
     with pytest.raises(ValueError, match="need --teacher RUN_DIR"):
         Trainer(TrainConfig(model="deit_tiny_distilled_patch4_28", data="digits", distillation="soft",
                             out=str(tmp_path / "s")))
+
+
+def test_a_one_head_student_learns_from_label_and_teacher_on_the_same_logits():
+    """deit_tiny_patch4_28 (no distillation token) with a teacher: DeiT's "usual distillation"
+    (eq. 2 on the one head), (1−α)·CE(z_s, y) + α·τ²·KL(softmax(z_t/τ) ‖ softmax(z_s/τ)), written out."""
+    from canon.engine.tasks import ClassificationTask, StepStats
+
+    torch.manual_seed(0)
+    student = canon_model("deit_tiny_patch4_28").train()
+    teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10)).eval()
+    images, labels = torch.randn(6, 1, 28, 28), torch.randint(0, 10, (6,))
+    task = ClassificationTask(distillation="soft", distillation_alpha=0.5, distillation_tau=3.0)
+    got = task.compute_loss(student, (images, labels), StepStats(), teacher=teacher)
+
+    torch.manual_seed(0)
+    z_s = student(images).double()
+    z_t = teacher(images).double()
+    p_t = torch.exp(z_t / 3) / torch.exp(z_t / 3).sum(1, keepdim=True)
+    log_p_s = z_s / 3 - torch.log(torch.exp(z_s / 3).sum(1, keepdim=True))
+    kl = (p_t * (torch.log(p_t) - log_p_s)).sum(1).mean()
+    log_q = z_s - torch.log(torch.exp(z_s).sum(1, keepdim=True))
+    cross_entropy = -log_q[torch.arange(6), labels].mean()
+    expected = 0.5 * cross_entropy + 0.5 * 9 * kl
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
