@@ -32,10 +32,10 @@ vit() {  # vit RUN_NAME SEED [extra options]
 }
 
 for seed in $SEEDS; do
-  vit "deit-mnist-e${EPOCHS}-s${seed}" "$seed" &
+  vit "deit-mnist-e${EPOCHS}-s${seed}" "$seed" & plain=$!
   vit "deit-mnist-e${EPOCHS}-s${seed}-distilled" "$seed" \
-    --teacher "$TEACHER" --distillation soft --distillation-alpha 0.5 &
-  wait
+    --teacher "$TEACHER" --distillation soft --distillation-alpha 0.5 & distilled=$!
+  wait "$plain"; wait "$distilled"  # a failed run stops the script (a bare `wait` would hide it)
 done
 
 for seed in $SEEDS; do
