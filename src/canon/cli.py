@@ -125,7 +125,8 @@ def cmd_train(args) -> int:
         model_kwargs=_parse_model_args(args.model_arg), teacher=args.teacher, distillation=args.distillation,
         distillation_alpha=args.distillation_alpha, distillation_tau=args.distillation_tau,
         class_weights=args.class_weights,
-        balanced_sampler=args.balanced_sampler, max_steps_per_epoch=args.max_steps_per_epoch,
+        balanced_sampler=args.balanced_sampler, train_subset=args.train_subset, eval_every=args.eval_every,
+        max_steps_per_epoch=args.max_steps_per_epoch,
         channels_last=args.channels_last,
         progress=not args.quiet,
     )
@@ -260,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distillation-tau", type=float, default=3.0, help="soft distillation's temperature (default 3)")
     p.add_argument("--class-weights", choices=("inverse", "effective"), help="weight the loss by class frequency")
     p.add_argument("--balanced-sampler", action="store_true", help="over/under-sample to balance classes")
+    p.add_argument("--train-subset", type=int, metavar="N",
+                   help="train on N training images, a fixed draw that keeps each class's share (the same for "
+                        "every --seed); the test set stays whole")
+    p.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS",
+                   help="evaluate on the test set every EPOCHS epochs and after the last (default 1)")
     p.add_argument("--max-steps-per-epoch", type=int, help="cap batches per epoch (quick checks)")
     p.add_argument("--channels-last", action="store_true",
                    help="NHWC memory order for weights and batches (MobileNet v2 trained ~1.7x faster on CPU)")

@@ -17,7 +17,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from canon.data import DataError, TransformedDataset, balanced_sampler, build_dataset, class_weights
+from canon.data import (
+    DataError, SubsetDataset, TransformedDataset, balanced_sampler, build_dataset, class_weights, stratified_subset,
+)
 from canon.data import transforms as T
 from canon.data.cifar import load_cifar_batch
 from canon.data.mnist import SOURCES, read_idx
@@ -264,3 +266,40 @@ def test_balanced_sampler_balances_the_classes():
     drawn = targets[list(balanced_sampler(targets, num_samples=30000, generator=g))]
     share = torch.bincount(drawn, minlength=3).double() / 30000
     assert torch.allclose(share, torch.full((3,), 1 / 3, dtype=torch.float64), atol=0.02)
+
+
+def test_stratified_subset_keeps_class_shares_as_sklearn_does():
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    # MNIST's training labels (every class a different size, so no two remainders tie: scikit-learn
+    # breaks ties at random), shuffled.
+    counts = torch.tensor(MNIST_TRAIN_COUNTS)
+    order = torch.randperm(60000, generator=torch.Generator().manual_seed(0))
+    targets = torch.repeat_interleave(torch.arange(10), counts)[order]
+    for size in (10, 97, 6000, 12345):
+        picked = stratified_subset(targets, size, seed=3)
+        assert len(picked) == size and len(set(picked.tolist())) == size
+        assert torch.equal(picked, picked.sort().values) and 0 <= int(picked.min()) and int(picked.max()) < len(targets)
+        # scikit-learn's stratified split allots a class floor(size * share), then the largest remainders.
+        train_idx, _ = next(StratifiedShuffleSplit(n_splits=1, train_size=size, random_state=0).split(
+            np.zeros(len(targets)), targets.numpy()))
+        expected = np.bincount(targets.numpy()[train_idx], minlength=10)
+        assert np.bincount(targets[picked].numpy(), minlength=10).tolist() == expected.tolist(), size
+    assert torch.equal(stratified_subset(targets, 500, seed=3), stratified_subset(targets, 500, seed=3))
+    assert not torch.equal(stratified_subset(targets, 500, seed=3), stratified_subset(targets, 500, seed=4))
+    assert torch.equal(stratified_subset(targets, len(targets)), torch.arange(len(targets)))
+    for bad in (0, len(targets) + 1, 2.5, True):
+        with pytest.raises(ValueError, match="subset size must be an int in 1..60000"):
+            stratified_subset(targets, bad)
+
+
+def test_subset_dataset_serves_the_chosen_samples_and_their_labels():
+    ds = build_dataset("digits", split="test")
+    indices = torch.tensor([5, 0, 17])
+    sub = SubsetDataset(ds, indices)
+    assert len(sub) == 3 and sub.info == ds.info
+    assert torch.equal(sub.targets, ds.targets[indices])
+    for i, j in enumerate(indices.tolist()):
+        assert torch.equal(sub[i][0], ds[j][0]) and sub[i][1] == ds[j][1]
+    with pytest.raises(ValueError, match=f"0..{len(ds) - 1}"):
+        SubsetDataset(ds, [0, len(ds)])

@@ -7,7 +7,7 @@ import torch
 
 from canon.engine.checkpoint import load_weights
 from canon.engine.tasks import ClassificationTask
-from canon.engine.trainer import TrainConfig, TrainingDiverged, train
+from canon.engine.trainer import TrainConfig, Trainer, TrainingDiverged, train
 
 
 def _config(tmp_path, **overrides):
@@ -106,3 +106,28 @@ def test_channels_last_trains_to_the_same_weights_and_saves_plain_tensors(tmp_pa
     for k in a:
         assert b[k].is_contiguous(), k
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
+
+
+
+def test_train_subset_is_one_fixed_stratified_draw_for_every_seed(tmp_path):
+    sets = {}
+    for seed in (1, 2):
+        trainer = Trainer(_config(tmp_path / f"s{seed}", seed=seed, train_subset=200))
+        trainer._build()
+        sets[seed] = trainer.train_set
+        assert len(trainer.train_set) == 200 and trainer.steps_per_epoch == 7  # ceil(200 / 32)
+    assert torch.equal(sets[1].indices, sets[2].indices)  # the training seed does not move the subset
+    full = torch.bincount(sets[1].dataset.targets, minlength=10).double()
+    share = torch.bincount(sets[1].targets, minlength=10).double()
+    assert (share - full * 200 / full.sum()).abs().max() < 1  # each class within one image of its share
+    with pytest.raises(ValueError, match="--train-subset must be a whole number in 1..1437"):
+        Trainer(_config(tmp_path / "big", train_subset=5000))._build()
+
+
+def test_eval_every_evaluates_on_its_epochs_and_after_the_last(tmp_path):
+    metrics = train(_config(tmp_path, epochs=3, eval_every=2, max_steps_per_epoch=3))
+    rows = list(csv.DictReader((tmp_path / "run" / "history.csv").open()))
+    assert [bool(r.get("test_accuracy")) for r in rows] == [False, True, True]
+    assert metrics["test_accuracy"] == pytest.approx(float(rows[-1]["test_accuracy"]))
+    with pytest.raises(ValueError, match="--eval-every must be a whole number of epochs >= 1, got 0"):
+        Trainer(_config(tmp_path / "zero", eval_every=0))

@@ -17,7 +17,8 @@ from typing import Callable
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["DataError", "DatasetInfo", "InMemoryImageDataset", "TransformedDataset", "SPLITS"]
+__all__ = ["DataError", "DatasetInfo", "InMemoryImageDataset", "TransformedDataset", "SubsetDataset",
+           "stratified_subset", "SPLITS"]
 
 SPLITS = ("train", "test")
 
@@ -147,3 +148,66 @@ class TransformedDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"TransformedDataset({self.dataset!r}, transform={self.transform!r})"
+
+
+def stratified_subset(targets: torch.Tensor, size: int, seed: int = 0) -> torch.Tensor:
+    """Indices of ``size`` samples drawn at random, keeping each class's share of ``targets``.
+
+    Class ``c`` with ``n_c`` of the ``N`` labels gets ``floor(size * n_c / N)`` samples; the
+    samples left over go to the classes with the largest remainders (ties: the lower class
+    index), the rule scikit-learn's stratified splits use. Within a class the samples are drawn
+    without replacement by a generator seeded with ``seed`` alone, so the subset does not change
+    with the training seed. Returned sorted, as a 1-D ``torch.long`` tensor.
+    """
+    targets = torch.as_tensor(targets)
+    if targets.dim() != 1 or targets.is_floating_point() or targets.dtype == torch.bool:
+        raise ValueError(f"targets must be a 1-D integer tensor of class indices, got dtype {targets.dtype} "
+                         f"and shape {tuple(targets.shape)}")
+    total = len(targets)
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= total:
+        raise ValueError(f"subset size must be an int in 1..{total} (the number of samples), got {size!r}")
+    classes, counts = torch.unique(targets, return_counts=True)
+    exact = counts.double() * size / total
+    quota = exact.floor().long()
+    left = size - int(quota.sum())
+    if left:
+        remainder = exact - quota
+        order = sorted(range(len(classes)), key=lambda i: (-float(remainder[i]), i))
+        quota[order[:left]] += 1
+    generator = torch.Generator().manual_seed(seed)
+    chosen = []
+    for label, take in zip(classes.tolist(), quota.tolist()):
+        members = torch.nonzero(targets == label).flatten()
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:take]])
+    return torch.cat(chosen).sort().values
+
+
+class SubsetDataset(Dataset):
+    """The samples of ``dataset`` at ``indices``; ``info`` passes through, ``targets`` follow the indices."""
+
+    def __init__(self, dataset: Dataset, indices):
+        indices = torch.as_tensor(indices, dtype=torch.long)
+        if indices.dim() != 1:
+            raise ValueError(f"indices must be 1-D, got shape {tuple(indices.shape)}")
+        if len(indices) and (int(indices.min()) < 0 or int(indices.max()) >= len(dataset)):
+            raise ValueError(f"indices must lie in 0..{len(dataset) - 1}, got values from {int(indices.min())} "
+                             f"to {int(indices.max())}")
+        self.dataset = dataset
+        self.indices = indices
+
+    @property
+    def info(self) -> DatasetInfo:
+        return self.dataset.info
+
+    @property
+    def targets(self) -> torch.Tensor:
+        return self.dataset.targets[self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int):
+        return self.dataset[int(self.indices[index])]
+
+    def __repr__(self) -> str:
+        return f"SubsetDataset({self.dataset!r}, n={len(self)})"

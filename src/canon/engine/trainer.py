@@ -68,6 +68,7 @@ class TrainConfig:
     distillation_tau: float = 3.0  # soft distillation's temperature
     class_weights: str | None = None  # None | "inverse" | "effective"
     balanced_sampler: bool = False
+    train_subset: int | None = None  # train on this many training images (a fixed stratified draw)
     eval_every: int = 1
     max_steps_per_epoch: int | None = None  # for quick checks; None = the whole training set
     channels_last: bool = False  # NHWC weights and batches: much faster depthwise/grouped convs on CPU
@@ -99,6 +100,8 @@ class Trainer:
         if config.teacher is None and (config.distillation != "hard" or config.distillation_alpha is not None):
             raise ValueError(f"--distillation {config.distillation} / --distillation-alpha need --teacher RUN_DIR "
                              "(distillation learns from a trained teacher)")
+        if isinstance(config.eval_every, bool) or not isinstance(config.eval_every, int) or config.eval_every < 1:
+            raise ValueError(f"--eval-every must be a whole number of epochs >= 1, got {config.eval_every!r}")
         if config.loss is not None:
             options["loss"] = config.loss
         self.task = get_task(info.task, **options)
@@ -118,6 +121,8 @@ class Trainer:
             cfg.data, cfg.data_dir, input_size=cfg.input_size, augment=cfg.augment,
             model_input_size=self.model_info.input_size, model=probe)
         del probe
+        if cfg.train_subset is not None:
+            self.train_set = _subset(self.train_set, cfg.train_subset)
         _seed_everything(cfg.seed)  # the model's initial weights depend on the seed alone
         self.model = create_model(cfg.model, **kwargs)
         if cfg.channels_last:
@@ -274,6 +279,21 @@ class Trainer:
     def _log(self, message: str) -> None:
         if self.config.progress:
             print(message, file=sys.stderr, flush=True)
+
+
+def _subset(train_set, size: int):
+    """``train_set`` cut to ``size`` samples, the same for every ``--seed``: each class keeps its share
+    (labelled sets), otherwise a uniform draw; seeded with 0 so that runs with different seeds and
+    a teacher trained with the same ``--train-subset`` all see the same images."""
+    from canon.data import SubsetDataset, stratified_subset
+
+    if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= len(train_set):
+        raise ValueError(f"--train-subset must be a whole number in 1..{len(train_set)} (the training set's size), "
+                         f"got {size!r}")
+    targets = getattr(train_set, "targets", None)
+    if not isinstance(targets, torch.Tensor) or targets.dim() != 1 or len(targets) != len(train_set):
+        targets = torch.zeros(len(train_set), dtype=torch.long)  # no per-image labels: one stratum
+    return SubsetDataset(train_set, stratified_subset(targets, size, seed=0))
 
 
 def _channels_last(batch):
