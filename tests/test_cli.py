@@ -50,6 +50,8 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
     assert r.returncode == 2 and "need --teacher RUN_DIR" in r.stderr and "Traceback" not in r.stderr
     r = canon("train", "lenet5", "--data", "digits", "--train-subset", "99999", "--out", str(tmp_path / "big"))
     assert r.returncode == 2 and "in 1..1437" in r.stderr and "99999" in r.stderr and "Traceback" not in r.stderr
+    r = canon("train", "lenet5", "--data", "digits", "--mixup", "-1", "--out", str(tmp_path / "mix"))
+    assert r.returncode == 2 and "--mixup must be a number >= 0" in r.stderr and "Traceback" not in r.stderr
     r = canon("train", "lenet5", "--data", "digits", "--eval-every", "0", "--out", str(tmp_path / "zero"))
     assert r.returncode == 2 and "--eval-every" in r.stderr and "Traceback" not in r.stderr
 

@@ -124,6 +124,7 @@ def cmd_train(args) -> int:
         augment=args.augment, input_size=_parse_size(args.input_size),
         model_kwargs=_parse_model_args(args.model_arg), teacher=args.teacher, distillation=args.distillation,
         distillation_alpha=args.distillation_alpha, distillation_tau=args.distillation_tau,
+        mixup=args.mixup, cutmix=args.cutmix,
         class_weights=args.class_weights,
         balanced_sampler=args.balanced_sampler, train_subset=args.train_subset, eval_every=args.eval_every,
         max_steps_per_epoch=args.max_steps_per_epoch,
@@ -261,6 +262,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--distillation-tau", type=float, default=3.0, help="soft distillation's temperature (default 3)")
     p.add_argument("--class-weights", choices=("inverse", "effective"), help="weight the loss by class frequency")
     p.add_argument("--balanced-sampler", action="store_true", help="over/under-sample to balance classes")
+    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
+                   help="mixup with λ ~ Beta(ALPHA, ALPHA) per batch (DeiT: 0.8; default 0 = off)")
+    p.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",
+                   help="CutMix with λ ~ Beta(ALPHA, ALPHA) (DeiT: 1.0); with --mixup, one of the two per batch")
     p.add_argument("--train-subset", type=int, metavar="N",
                    help="train on N training images, a fixed draw that keeps each class's share (the same for "
                         "every --seed); the test set stays whole")

@@ -32,10 +32,11 @@ def test_short_real_run_beats_chance_and_leaves_a_complete_record(tmp_path):
     assert meta["model"] == "lenet5" and meta["extra"]["task"] == "classification"
 
 
-def test_resume_gives_exactly_the_weights_of_an_uninterrupted_run(tmp_path):
-    full = _config(tmp_path / "a", epochs=3, optimizer="adam", lr=1e-3)
+@pytest.mark.parametrize("mixing", [{}, {"mixup": 0.8, "cutmix": 1.0}], ids=["plain", "mixup+cutmix"])
+def test_resume_gives_exactly_the_weights_of_an_uninterrupted_run(tmp_path, mixing):
+    full = _config(tmp_path / "a", epochs=3, optimizer="adam", lr=1e-3, **mixing)
     train(full)
-    first = _config(tmp_path / "b", epochs=3, optimizer="adam", lr=1e-3)
+    first = _config(tmp_path / "b", epochs=3, optimizer="adam", lr=1e-3, **mixing)
     # Interrupt: run the first epoch only (same schedule length), then resume for the rest.
     first.epochs = 3
     first.max_steps_per_epoch = None

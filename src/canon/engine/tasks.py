@@ -89,7 +89,8 @@ class ClassificationTask(Task):
     higher_is_better = True
 
     def __init__(self, label_smoothing: float = 0.0, loss: str = "ce", distillation: str = "hard",
-                 distillation_alpha: float | None = None, distillation_tau: float = 3.0):
+                 distillation_alpha: float | None = None, distillation_tau: float = 3.0, mixup: float = 0.0,
+                 cutmix: float = 0.0):
         if loss != "ce":
             raise ValueError(f"classification trains with cross-entropy (--loss ce), got {loss!r}")
         if distillation not in ("hard", "soft"):
@@ -103,6 +104,11 @@ class ClassificationTask(Task):
         self.label_smoothing = label_smoothing
         self.distillation, self.distillation_alpha = distillation, distillation_alpha
         self.distillation_tau = distillation_tau
+        from canon.data.mixing import BatchMixer
+
+        BatchMixer(2, mixup, cutmix)  # checks the alphas now, before any data is read
+        self.mixup, self.cutmix = mixup, cutmix
+        self.mixer = None  # built with the class count in build_datasets
 
     def build_datasets(self, data, data_dir, *, input_size, augment, model_input_size, model=None):
         from canon.data import TransformedDataset, build_dataset
@@ -111,6 +117,10 @@ class ClassificationTask(Task):
         train = build_dataset(data, split="train", data_dir=data_dir)
         test = build_dataset(data, split="test", data_dir=data_dir)
         info = train.info
+        if self.mixup or self.cutmix:
+            from canon.data.mixing import BatchMixer
+
+            self.mixer = BatchMixer(info.num_classes, self.mixup, self.cutmix)
         if input_size is None:
             native = tuple(info.image_size)
             # Train at the data's own size when the model takes it; otherwise at the model's size.
@@ -127,6 +137,8 @@ class ClassificationTask(Task):
 
     def compute_loss(self, model, batch, stats, *, teacher=None, class_weights=None):
         images, labels = batch
+        if self.mixer:  # mixup / CutMix: mixed images against soft targets (the teacher sees the mix too)
+            images, labels = self.mixer(images, labels)
         output = model(images)
         ce = lambda logits, target: F.cross_entropy(  # noqa: E731
             logits, target, weight=class_weights, label_smoothing=self.label_smoothing)
@@ -148,8 +160,9 @@ class ClassificationTask(Task):
                 loss = self._distillation_loss(logits, logits, labels, teacher, images, ce)
             else:
                 loss = ce(logits, labels)
-        correct = (logits.detach().argmax(dim=1) == labels).sum().item()
-        stats.add(loss.item(), labels.numel(), accuracy=correct)
+        hard_labels = labels.argmax(dim=1) if labels.is_floating_point() else labels  # mixed: the larger share
+        correct = (logits.detach().argmax(dim=1) == hard_labels).sum().item()
+        stats.add(loss.item(), len(hard_labels), accuracy=correct)
         return loss
 
     def _distillation_loss(self, logits, dist_logits, labels, teacher, images, ce):

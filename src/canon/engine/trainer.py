@@ -66,6 +66,8 @@ class TrainConfig:
     distillation: str = "hard"  # with a teacher: "hard" (DeiT's default) | "soft"
     distillation_alpha: float | None = None  # weight of the teacher's term; None: 0.5 hard, 0.1 soft
     distillation_tau: float = 3.0  # soft distillation's temperature
+    mixup: float = 0.0  # mixup's Beta(α, α); 0 = off
+    cutmix: float = 0.0  # CutMix's Beta(α, α); 0 = off (both on: one of the two per batch)
     class_weights: str | None = None  # None | "inverse" | "effective"
     balanced_sampler: bool = False
     train_subset: int | None = None  # train on this many training images (a fixed stratified draw)
@@ -96,7 +98,10 @@ class Trainer:
         options = {}
         if info.task == "classification":
             options = {"label_smoothing": config.label_smoothing, "distillation": config.distillation,
-                       "distillation_alpha": config.distillation_alpha, "distillation_tau": config.distillation_tau}
+                       "distillation_alpha": config.distillation_alpha, "distillation_tau": config.distillation_tau,
+                       "mixup": config.mixup, "cutmix": config.cutmix}
+        elif config.mixup or config.cutmix:
+            raise ValueError(f"--mixup / --cutmix mix classification batches; {config.model} is a {info.task} model")
         if config.teacher is None and (config.distillation != "hard" or config.distillation_alpha is not None):
             raise ValueError(f"--distillation {config.distillation} / --distillation-alpha need --teacher RUN_DIR "
                              "(distillation learns from a trained teacher)")
