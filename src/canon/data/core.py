@@ -154,10 +154,10 @@ def stratified_subset(targets: torch.Tensor, size: int, seed: int = 0) -> torch.
     """Indices of ``size`` samples drawn at random, keeping each class's share of ``targets``.
 
     Class ``c`` with ``n_c`` of the ``N`` labels gets ``floor(size * n_c / N)`` samples; the
-    samples left over go to the classes with the largest remainders (ties: the lower class
-    index), the rule scikit-learn's stratified splits use. Within a class the samples are drawn
-    without replacement by a generator seeded with ``seed`` alone, so the subset does not change
-    with the training seed. Returned sorted, as a 1-D ``torch.long`` tensor.
+    samples left over go to the classes with the largest remainders, as scikit-learn's stratified
+    splits allot them (ties go to the lower class index here; scikit-learn breaks them at random).
+    Within a class the samples are drawn without replacement by a generator seeded with ``seed``
+    alone, so the subset does not change with the training seed. Returned sorted, as a 1-D ``torch.long`` tensor.
     """
     targets = torch.as_tensor(targets)
     if targets.dim() != 1 or targets.is_floating_point() or targets.dtype == torch.bool:

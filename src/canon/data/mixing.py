@@ -7,7 +7,7 @@ arXiv:1905.04899.
 
 Follows the papers:
   - one ``λ ~ Beta(α, α)`` per batch, and the batch paired with a random permutation of itself
-    (mixup's section 2 "a single data loader ... shuffled minibatch");
+    (mixup's section 2 mixes a minibatch with a shuffled copy of it from the same loader);
   - mixup: ``x̃ = λ·x_i + (1−λ)·x_j``, ``ỹ = λ·y_i + (1−λ)·y_j`` (eq. 1);
   - CutMix: a box of size ``W·√(1−λ) × H·√(1−λ)`` centred uniformly at random, clipped to the image,
     filled from the partner; ``λ`` is then recomputed as the share of pixels kept (eq. 1–2 and
