@@ -56,17 +56,17 @@ def test_user_errors_are_one_line_with_exit_code_2(tmp_path):
     assert r.returncode == 2 and "--eval-every" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_train_subset_and_eval_every_reach_the_run(tmp_path):
+def test_train_subset_eval_every_and_amp_reach_the_run(tmp_path):
     import csv
 
     run = tmp_path / "run"
     r = canon("train", "lenet5", "--data", "digits", "--train-subset", "300", "--epochs", "3", "--eval-every", "2",
-              "--batch-size", "100", "--out", str(run), "--quiet")
+              "--batch-size", "100", "--amp", "--out", str(run), "--quiet")
     assert r.returncode == 0, r.stderr
     rows = list(csv.DictReader((run / "history.csv").open()))
     assert [bool(row["test_accuracy"]) for row in rows] == [False, True, True]
     config = (run / "config.yaml").read_text()
-    assert "train_subset: 300" in config and "eval_every: 2" in config
+    assert "train_subset: 300" in config and "eval_every: 2" in config and "amp: true" in config
 
 
 def test_train_eval_predict_round_trip(tmp_path):

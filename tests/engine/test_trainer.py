@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from canon.engine.checkpoint import load_weights
-from canon.engine.tasks import ClassificationTask
+from canon.engine.tasks import ClassificationTask, StepStats
 from canon.engine.trainer import TrainConfig, Trainer, TrainingDiverged, train
 
 
@@ -32,7 +32,8 @@ def test_short_real_run_beats_chance_and_leaves_a_complete_record(tmp_path):
     assert meta["model"] == "lenet5" and meta["extra"]["task"] == "classification"
 
 
-@pytest.mark.parametrize("mixing", [{}, {"mixup": 0.8, "cutmix": 1.0}], ids=["plain", "mixup+cutmix"])
+@pytest.mark.parametrize("mixing", [{}, {"mixup": 0.8, "cutmix": 1.0}, {"amp": True}],
+                         ids=["plain", "mixup+cutmix", "amp"])
 def test_resume_gives_exactly_the_weights_of_an_uninterrupted_run(tmp_path, mixing):
     full = _config(tmp_path / "a", epochs=3, optimizer="adam", lr=1e-3, **mixing)
     train(full)
@@ -108,6 +109,49 @@ def test_channels_last_trains_to_the_same_weights_and_saves_plain_tensors(tmp_pa
         assert b[k].is_contiguous(), k
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-5)
 
+
+
+def test_amp_trains_in_bfloat16_evaluates_and_saves_in_float32_and_learns_as_well(tmp_path):
+    seen = {"train": set(), "eval": set()}
+
+    def record(module, inputs, output):
+        seen["train" if module.training else "eval"].add(output.dtype)
+
+    original = Trainer._build
+
+    def build_and_hook(self):
+        original(self)
+        for m in self.model.modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.Conv2d)):
+                m.register_forward_hook(record)
+
+    common = dict(epochs=3, augment="none")
+    reference = train(_config(tmp_path / "fp32", **common))
+    Trainer._build, saved = build_and_hook, Trainer._build
+    try:
+        metrics = train(_config(tmp_path / "amp", amp=True, **common))
+    finally:
+        Trainer._build = saved
+    assert seen == {"train": {torch.bfloat16}, "eval": {torch.float32}}
+    weights, _ = load_weights(tmp_path / "amp" / "run" / "last.safetensors")
+    assert {w.dtype for w in weights.values()} == {torch.float32}
+    assert metrics["test_accuracy"] > 0.85 and reference["test_accuracy"] > 0.85
+    # The step itself: one batch's gradient under autocast points where the float32 gradient does.
+    trainer = Trainer(_config(tmp_path / "grad", **common))
+    trainer._build()
+    batch = next(iter(trainer._train_loader(0)))
+    grads = {}
+    for amp in (False, True):
+        trainer.model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            loss = trainer.task.compute_loss(trainer.model, batch, StepStats())
+        assert loss.dtype == torch.float32
+        loss.backward()
+        grads[amp] = torch.cat([p.grad.flatten() for p in trainer.model.parameters()])
+    cosine = torch.nn.functional.cosine_similarity(grads[True], grads[False], dim=0)
+    assert cosine > 0.999, cosine
+    assert (grads[True] - grads[False]).norm() < 0.06 * grads[False].norm()  # bfloat16: 8-bit mantissa
+    assert "amp: true" in (tmp_path / "amp" / "run" / "config.yaml").read_text()
 
 
 def test_train_subset_is_one_fixed_stratified_draw_for_every_seed(tmp_path):

@@ -178,6 +178,21 @@ def test_soft_distillation_loss_equals_eq2():
         soft_distillation_loss(logits, labels, teacher, alpha=1.5)
 
 
+def test_soft_distillation_term_is_float32_for_bfloat16_logits():
+    """Under --amp the logits arrive in bfloat16; the KL must be computed from them in float32 (bfloat16
+    log-softmax keeps 3 significant digits, so near-equal distributions would give a KL of rounding noise)."""
+    from canon.models.classification.deit import distillation_term
+
+    torch.manual_seed(0)
+    student, teacher = (torch.randn(2, 64, 10) * 4).to(torch.bfloat16).unbind(0)
+    s64, t64 = student.double() / 3, teacher.double() / 3  # the same bfloat16 values, in float64
+    p_t = t64.softmax(1)
+    expected = 9 * (p_t * (p_t.log() - s64.log_softmax(1))).sum(1).mean()
+    got = distillation_term(student, teacher, "soft", tau=3.0)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("name", MINI)
 def test_mini_shape_backward_and_options(name):
     model = canon.create_model(name, in_chans=3, num_classes=4)

@@ -74,6 +74,7 @@ class TrainConfig:
     eval_every: int = 1
     max_steps_per_epoch: int | None = None  # for quick checks; None = the whole training set
     channels_last: bool = False  # NHWC weights and batches: much faster depthwise/grouped convs on CPU
+    amp: bool = False  # bfloat16 autocast for the training forward pass and loss; weights stay float32
     progress: bool = True
 
     def to_yaml(self) -> str:
@@ -221,8 +222,11 @@ class Trainer:
                 break
             if cfg.channels_last:
                 batch = _channels_last(batch)
-            loss = self.task.compute_loss(self.model, batch, stats, teacher=self.teacher,
-                                          class_weights=self.class_weights)
+            # --amp: matrix products in bfloat16 (losses and reductions stay float32 under torch's autocast
+            # rules); the backward pass follows the forward's dtypes, the optimizer updates float32 weights.
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp):
+                loss = self.task.compute_loss(self.model, batch, stats, teacher=self.teacher,
+                                              class_weights=self.class_weights)
             if not torch.isfinite(loss):
                 if bar is not None:
                     bar.close()

@@ -80,8 +80,9 @@ def distillation_term(dist_logits: torch.Tensor, teacher_logits: torch.Tensor, k
     if kind == "soft":
         if not tau > 0:
             raise ValueError(f"tau must be > 0, got {tau}")
-        student = F.log_softmax(dist_logits / tau, dim=1)
-        teacher = F.log_softmax(teacher_logits / tau, dim=1)
+        # float32 even under bfloat16 autocast: the KL compares near-equal log-probabilities
+        student = F.log_softmax(dist_logits.float() / tau, dim=1)
+        teacher = F.log_softmax(teacher_logits.float() / tau, dim=1)
         return tau * tau * F.kl_div(student, teacher, reduction="batchmean", log_target=True)
     raise ValueError(f"distillation kind must be 'hard' or 'soft', got {kind!r}")
 
