@@ -126,3 +126,29 @@ def test_eval_of_test_images_of_different_sizes(tmp_path):
     result = evaluate_checkpoint(str(run), data=f"voc-seg:{root}", batch_size=256, out_dir=str(tmp_path / "eval"))
     assert 0.0 <= result["test_pixel_accuracy"] <= 1.0
     assert (tmp_path / "eval" / "eval.json").is_file()
+
+
+def test_loss_from_bfloat16_logits_is_computed_in_float32():
+    """Under `--amp` a model returns bfloat16 logits; CE + Dice (sums over every pixel) must come out as
+    if computed in float32 from those same values, not with bfloat16's 3 significant digits."""
+    from canon.engine.segmentation import SegmentationTask
+    from canon.engine.tasks import StepStats
+
+    torch.manual_seed(0)
+    logits = (torch.randn(2, 3, 64, 64) * 3).to(torch.bfloat16)
+    masks = torch.randint(0, 3, (2, 64, 64))
+
+    class Fixed(nn.Module):
+        def __init__(self, out):
+            super().__init__()
+            self.out = out
+
+        def forward(self, x):
+            return self.out
+
+    task = SegmentationTask(loss="ce+dice")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = task.compute_loss(Fixed(logits), (torch.zeros(2, 1, 64, 64), masks), StepStats())
+    expected = task.compute_loss(Fixed(logits.double()), (torch.zeros(2, 1, 64, 64), masks), StepStats())
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), expected.double(), rtol=1e-6, atol=1e-6)

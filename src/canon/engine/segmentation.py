@@ -93,6 +93,8 @@ class SegmentationTask(Task):
     def compute_loss(self, model, batch, stats, *, teacher=None, class_weights=None):
         images, masks = batch
         out, aux = _logits(model(images))
+        out = out.float()  # under --amp the logits arrive in bfloat16; Dice's sums over pixels need float32
+        aux = aux.float() if aux is not None else None
         masks = _centre_crop_to(masks, out.shape[-2:])  # valid-convolution models predict the centre
         if out.shape[-2:] != masks.shape[-2:]:
             raise ValueError(f"model output {tuple(out.shape[-2:])} does not match mask size "
