@@ -16,7 +16,8 @@
 # TRAIN_SUBSET=N trains teacher and students on one fixed, class-stratified draw of N training
 # images (`canon train --train-subset`); the teacher then trains for EPOCHS too, and both warm up
 # for a tenth of the epochs. AUGMENT (none | default) applies to both ViT arms; the teacher always
-# trains with the default augmentation.
+# trains with the default augmentation. AMP=1 trains both ViT arms with `--amp` (bfloat16 autocast,
+# about 2.5x faster on a CPU with AVX512-BF16); the teacher trains in float32 either way.
 set -euo pipefail
 DATA_DIR=${1:-../shared/data/mnist}
 EPOCHS=${2:-3}
@@ -25,6 +26,8 @@ SEEDS=${*:-0 1 2}
 CANON=${CANON:-canon}
 AUGMENT=${AUGMENT:-none}
 TRAIN_SUBSET=${TRAIN_SUBSET:-}
+AMP_FLAG=()
+if [ "${AMP:-0}" = 1 ]; then AMP_FLAG=(--amp); fi
 
 if [ -n "$TRAIN_SUBSET" ]; then
   SUBSET=(--train-subset "$TRAIN_SUBSET" --eval-every $(( (EPOCHS + 3) / 4 )))
@@ -51,10 +54,10 @@ vit() {  # vit RUN_NAME SEED [extra options]
   local name=$1 seed=$2; shift 2
   "$CANON" train deit_tiny_patch4_28 --data mnist --data-dir "$DATA_DIR" "${SUBSET[@]}" --epochs "$EPOCHS" \
     --batch-size 32 --lr 1e-3 --optimizer adamw --scheduler cosine --warmup-epochs "$VIT_WARMUP" \
-    --weight-decay 0.05 --augment "$AUGMENT" --seed "$seed" --threads 1 --quiet --out "runs/$name" "$@"
+    --weight-decay 0.05 --augment "$AUGMENT" "${AMP_FLAG[@]}" --seed "$seed" --threads 1 --quiet --out "runs/$name" "$@"
 }
 
-RUN=deit-mnist-$TAG-$AUGMENT-e$EPOCHS
+RUN=deit-mnist-$TAG-$AUGMENT-e$EPOCHS${AMP_FLAG:+-amp}
 for seed in $SEEDS; do
   vit "$RUN-s$seed" "$seed" & plain=$!
   vit "$RUN-s$seed-distilled" "$seed" --teacher "$TEACHER" --distillation soft --distillation-alpha 0.5 & distilled=$!
