@@ -111,7 +111,7 @@ def test_channels_last_trains_to_the_same_weights_and_saves_plain_tensors(tmp_pa
 
 
 
-def test_amp_trains_in_bfloat16_evaluates_and_saves_in_float32_and_learns_as_well(tmp_path):
+def test_amp_trains_in_bfloat16_evaluates_and_saves_in_float32_and_learns_as_well(tmp_path, monkeypatch):
     seen = {"train": set(), "eval": set()}
 
     def record(module, inputs, output):
@@ -127,11 +127,9 @@ def test_amp_trains_in_bfloat16_evaluates_and_saves_in_float32_and_learns_as_wel
 
     common = dict(epochs=3, augment="none")
     reference = train(_config(tmp_path / "fp32", **common))
-    Trainer._build, saved = build_and_hook, Trainer._build
-    try:
-        metrics = train(_config(tmp_path / "amp", amp=True, **common))
-    finally:
-        Trainer._build = saved
+    monkeypatch.setattr(Trainer, "_build", build_and_hook)
+    metrics = train(_config(tmp_path / "amp", amp=True, **common))
+    monkeypatch.undo()
     assert seen == {"train": {torch.bfloat16}, "eval": {torch.float32}}
     weights, _ = load_weights(tmp_path / "amp" / "run" / "last.safetensors")
     assert {w.dtype for w in weights.values()} == {torch.float32}

@@ -222,8 +222,9 @@ class Trainer:
                 break
             if cfg.channels_last:
                 batch = _channels_last(batch)
-            # --amp: matrix products in bfloat16 (losses and reductions stay float32 under torch's autocast
-            # rules); the backward pass follows the forward's dtypes, the optimizer updates float32 weights.
+            # --amp: matrix products and convolutions in bfloat16; cross-entropy runs in float32 under torch's
+            # autocast rules, and the tasks cast logits to float32 where a loss needs it (soft distillation's KL,
+            # Dice). The backward pass follows the forward's dtypes; the optimizer updates float32 weights.
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp):
                 loss = self.task.compute_loss(self.model, batch, stats, teacher=self.teacher,
                                               class_weights=self.class_weights)
