@@ -50,8 +50,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(f"threads {args.threads}, batch {args.batch_size}; training step (forward, loss, backward, AdamW)")
-    print(f"| model | input | float32 img/s | bfloat16 autocast img/s | ratio |")
-    print(f"|---|---|---:|---:|---:|")
+    print("| model | input | float32 img/s | bfloat16 autocast img/s | ratio |")
+    print("|---|---|---:|---:|---:|")
     for name in args.models:
         info = canon.model_info(name)
         channels = info.input_size[0]
