@@ -11,7 +11,7 @@
 # and with DeiT's soft distillation (eq. 2: (1-α)·CE(student, y) + α·τ²·KL(teacher/τ ‖ student/τ),
 # τ=3, α=0.5). The two runs of one seed start from the same weights and see the same batches; only
 # the loss differs. Each run is one thread, so two can run side by side on two cores. Prints each
-# run's final test accuracy (on all 10,000 test images).
+# run's final test accuracy (on all 10,000 test images), then the paired t-test over the seeds.
 #
 # TRAIN_SUBSET=N trains teacher and students on one fixed, class-stratified draw of N training
 # images (`canon train --train-subset`); the teacher then trains for EPOCHS too, and both warm up
@@ -73,3 +73,9 @@ for seed in $SEEDS; do
     printf '%-52s test accuracy %s\n' "$run" "$(accuracy "$run")"
   done
 done
+
+# With two seeds or more: the paired t-test over the seeds (examples/paired_seed_test.py; needs scipy).
+set -- $SEEDS
+if [ $# -ge 2 ]; then
+  python3 "$(dirname "$0")/paired_seed_test.py" --pair "runs/$RUN-s{seed}" "runs/$RUN-s{seed}-distilled" "$(echo $SEEDS | tr ' ' ',')"
+fi
