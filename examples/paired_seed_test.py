@@ -10,8 +10,8 @@ the two-sided paired t-test and the Wilcoxon signed-rank test, and compares p wi
         --pair 'runs/e3-base-s{seed}' 'runs/e3-kd1head-s{seed}' 0-5 \\
         --pair 'runs/e3amp-base-s{seed}' 'runs/e3amp-kd-s{seed}' 6-31 --alpha 0.0167
 
-This is the analysis behind the README's distillation rows (the test was fixed before the runs:
-see the README). It needs scipy (in canon's ``dev`` extra) for the t and Wilcoxon p-values.
+This is the analysis behind the README's distillation rows (for seeds 16-31 the test was committed
+before those runs finished). It needs scipy (in canon's ``dev`` extra) for the t and Wilcoxon p-values.
 """
 from __future__ import annotations
 
