@@ -29,9 +29,12 @@ def parse_seeds(text: str) -> list[int]:
     for part in text.split(","):
         low, _, high = part.partition("-")
         try:
-            seeds.extend(range(int(low), int(high or low) + 1))
+            first, last = int(low), int(high or low)
         except ValueError:
             raise SystemExit(f"seeds must look like 0-5 or 6,8,10-11, got {text!r}") from None
+        if last < first:
+            raise SystemExit(f"a seed range runs low-high, got {part!r} in {text!r}")
+        seeds.extend(range(first, last + 1))
     return seeds
 
 

@@ -51,6 +51,8 @@ def test_missing_run_and_bad_seeds_say_what_was_expected(tmp_path):
         module.main(["--pair", str(tmp_path / "base-s{seed}"), str(tmp_path / "kd-s{seed}"), "0-1"])
     with pytest.raises(SystemExit, match=r"seeds must look like 0-5 or 6,8,10-11, got '0:5'"):
         module.main(["--pair", "a{seed}", "b{seed}", "0:5"])
+    with pytest.raises(SystemExit, match=r"a seed range runs low-high, got '5-3' in '0,5-3'"):
+        module.main(["--pair", "a{seed}", "b{seed}", "0,5-3"])
     (tmp_path / "empty-s0").mkdir()
     (tmp_path / "empty-s0" / "history.csv").write_text("epoch,train_loss\n1,0.5\n")
     with pytest.raises(SystemExit, match=r"expected a final 'test_accuracy' value; columns: epoch, train_loss"):
