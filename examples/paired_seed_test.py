@@ -3,8 +3,9 @@
 Each ``--pair PLAIN TREATED SEEDS`` names two run directories as templates with ``{seed}`` and the
 seeds they were run for (``0-5`` or ``6,7,9``). For every seed the two runs started from the same
 weights and saw the same batches (``canon train --seed``), so the per-seed difference of their final
-test accuracies isolates the change between them. Prints each pair, the mean difference, its sd,
-the two-sided paired t-test and the Wilcoxon signed-rank test, and compares p with ``--alpha``.
+test accuracies isolates the change between them. Prints each pair, the mean difference with its sd
+and 95 % interval, the two-sided paired t-test and the Wilcoxon signed-rank test, and compares p
+with ``--alpha``.
 
     python examples/paired_seed_test.py \\
         --pair 'runs/e3-base-s{seed}' 'runs/e3-kd1head-s{seed}' 0-5 \\
@@ -50,13 +51,16 @@ def final_metric(run_dir: Path, metric: str) -> float:
     return float(rows[-1][metric])
 
 
-def paired_t(differences: list[float]) -> tuple[float, float]:
-    """The paired t statistic of ``differences`` and its two-sided p-value (df = n - 1)."""
+def paired_t(differences: list[float]) -> tuple[float, float, tuple[float, float]]:
+    """The paired t statistic of ``differences``, its two-sided p-value (df = n - 1) and the 95 %
+    confidence interval of the mean difference."""
     from scipy import stats
 
     n = len(differences)
-    t = statistics.mean(differences) / (statistics.stdev(differences) / math.sqrt(n))
-    return t, float(2 * stats.t.sf(abs(t), n - 1))
+    mean, standard_error = statistics.mean(differences), statistics.stdev(differences) / math.sqrt(n)
+    t = mean / standard_error
+    half_width = float(stats.t.ppf(0.975, n - 1)) * standard_error
+    return t, float(2 * stats.t.sf(abs(t), n - 1)), (mean - half_width, mean + half_width)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,12 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     if len(plain) < 2:
         raise SystemExit(f"a paired test needs at least 2 seed pairs, got {len(plain)}")
     differences = [b - a for a, b in zip(plain, treated)]
-    t, p = paired_t(differences)
+    t, p, (low, high) = paired_t(differences)
     from scipy import stats
 
     wilcoxon_p = float(stats.wilcoxon(differences).pvalue)
     print(f"pairs {len(differences)}: plain {statistics.mean(plain):.2f}, treated {statistics.mean(treated):.2f}, "
-          f"difference {statistics.mean(differences):+.2f} (sd {statistics.stdev(differences):.2f}); "
+          f"difference {statistics.mean(differences):+.2f} (sd {statistics.stdev(differences):.2f}; "
+          f"95 % interval {low:+.2f} to {high:+.2f}); "
           f"better in {sum(d > 0 for d in differences)}, worse in {sum(d < 0 for d in differences)}")
     verdict = "significant" if p < args.alpha else "not significant"
     print(f"paired t = {t:.2f}, df {len(differences) - 1}, two-sided p = {p:.4f}: {verdict} at alpha {args.alpha}; "

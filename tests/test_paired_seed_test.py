@@ -42,6 +42,8 @@ def test_matches_scipy_paired_t_and_wilcoxon(tmp_path, capsys):
     assert "pairs 7:" in out and "not significant at alpha 0.01" in out
     mean_difference = 100 * sum(b - a for a, b in zip(plain, treated)) / 7
     assert f"difference {mean_difference:+.2f}" in out
+    interval = reference.confidence_interval(0.95)
+    assert f"95 % interval {interval.low:+.2f} to {interval.high:+.2f}" in out
 
 
 def test_missing_run_and_bad_seeds_say_what_was_expected(tmp_path):
