@@ -23,7 +23,8 @@ import torch.nn as nn
 
 __all__ = ["ModelInfo", "register_model", "create_model", "list_models", "model_info", "TASKS"]
 
-TASKS = ("classification", "detection", "segmentation", "generative", "sequence")
+# The training task each model belongs to (``canon.tasks`` has one file per task of the same name).
+TASKS = ("classification", "segmentation", "detection", "generation", "translation", "reading")
 
 
 @dataclass(frozen=True)

@@ -1,2 +1,2 @@
 """Every model family; importing this package registers them all."""
-from canon.models import classification, segmentation  # noqa: F401
+from canon.models import classification, detection, generative, reading, segmentation, sequence  # noqa: F401

@@ -1,1 +1,2 @@
-"""detection models (not yet written)."""
+"""Object detectors, one file per family. Each import registers that family's names."""
+# Add one line per family file.

@@ -1,1 +1,2 @@
-"""generative models (not yet written)."""
+"""Generative models, one file per family. Each import registers that family's names."""
+# Add one line per family file.

@@ -1,1 +1,2 @@
-"""sequence models (not yet written)."""
+"""Sequence models (recurrent encoder-decoders, the Transformer), one file per family."""
+# Add one line per family file.
