@@ -5,7 +5,6 @@ Progress goes to stderr, results to stdout; a user error is one line on stderr a
 from __future__ import annotations
 
 import argparse
-import ast
 import json
 import os
 import sys
@@ -17,35 +16,6 @@ __all__ = ["main", "build_parser"]
 
 class UserError(Exception):
     """A mistake in what the user asked for: printed as one line, exit code 2."""
-
-
-def _parse_model_args(items: list[str] | None) -> dict:
-    """``k=v`` pairs; values are Python literals (``ast.literal_eval``), else plain strings."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise UserError(f"--model-arg expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        try:
-            out[key.strip()] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            out[key.strip()] = value
-    return out
-
-
-def _parse_size(text: str | None) -> tuple[int, int] | None:
-    if text is None:
-        return None
-    parts = text.lower().replace("x", ",").split(",")
-    try:
-        sizes = [int(p) for p in parts if p.strip()]
-    except ValueError:
-        raise UserError(f"--input-size expects H,W or a single size, got {text!r}") from None
-    if len(sizes) == 1:
-        sizes = sizes * 2
-    if len(sizes) != 2 or min(sizes) < 1:
-        raise UserError(f"--input-size expects H,W or a single size, got {text!r}")
-    return tuple(sizes)
 
 
 # ------------------------------------------------------------------------------------ commands
@@ -83,14 +53,21 @@ def _build_on_meta(name: str):
 
 def cmd_info(args) -> int:
     import canon
+    from canon.engine.options import parse_key_values, parse_size
     from canon.engine.summary import summarize
 
     info = canon.model_info(args.model)
-    kwargs = _parse_model_args(args.model_arg)
+    kwargs = parse_key_values(args.model_arg)
     model = canon.create_model(args.model, **kwargs)
-    c = kwargs.get("in_chans", info.input_size[0])
-    size = _parse_size(args.input_size) or tuple(info.input_size[1:])
-    summary = summarize(model, (1, c, *size), name=args.model)
+    try:
+        size = parse_size(args.input_size)
+    except argparse.ArgumentTypeError as e:
+        raise UserError(f"--input-size {e}") from None
+    input_shape = None
+    if len(info.input_size) == 3:  # an image model: (1, C, H, W)
+        c = kwargs.get("in_chans", info.input_size[0])
+        input_shape = (1, c, *(size or info.input_size[1:]))
+    summary = summarize(model, input_shape, name=args.model)
     if args.json:
         print(json.dumps({"name": args.model, "task": info.task, "paper": info.paper,
                           "compatible_with": info.compatible_with, "params": summary.params,
@@ -102,45 +79,54 @@ def cmd_info(args) -> int:
     print(f"paper:        {info.paper}")
     print(f"layout:       {info.compatible_with or 'canon'}")
     print(f"parameters:   {summary.params:,} ({summary.trainable_params:,} trainable)")
-    print(f"multiply-adds:{summary.macs:>16,}  ({summary.macs / 1e9:.3f} G) at input {list(summary.input_shape)}")
+    print(f"multiply-adds:{summary.macs:>16,}  ({summary.macs / 1e9:.3f} G) at input {summary.input_shape}")
     print(f"output:       {list(summary.output_shape)}")
     print()
     print(summary.table())
     return 0
 
 
-def cmd_train(args) -> int:
-    from canon.engine.trainer import TrainConfig, train
-
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
-    config = TrainConfig(
-        model=args.model, data=args.data, data_dir=args.data_dir, epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr, optimizer=args.optimizer, scheduler=args.scheduler, warmup_epochs=args.warmup_epochs,
-        weight_decay=args.weight_decay, momentum=args.momentum, label_smoothing=args.label_smoothing, loss=args.loss,
-        seed=args.seed, out=args.out or f"runs/{args.model}-{args.data.split(':')[0]}", resume=args.resume,
-        augment=args.augment, input_size=_parse_size(args.input_size),
-        model_kwargs=_parse_model_args(args.model_arg), teacher=args.teacher, distillation=args.distillation,
-        distillation_alpha=args.distillation_alpha, distillation_tau=args.distillation_tau,
-        mixup=args.mixup, cutmix=args.cutmix,
-        class_weights=args.class_weights,
-        balanced_sampler=args.balanced_sampler, train_subset=args.train_subset, eval_every=args.eval_every,
-        max_steps_per_epoch=args.max_steps_per_epoch,
-        channels_last=args.channels_last, amp=args.amp,
-        progress=not args.quiet,
-    )
-    if args.config:
-        config = _apply_config_file(config, args.config)
-    metrics = train(config)
-    print(json.dumps(metrics, indent=2))
-    return 0
+# ------------------------------------------------------------------------------------ canon train
+TRAIN_USAGE = "canon train MODEL [--data SPEC] [engine options] [task options]"
 
 
-def _apply_config_file(config, path: str):
-    import dataclasses
+def _train_parser(task_cls=None, *, suppress_defaults: bool = False, all_tasks: bool = False) -> argparse.ArgumentParser:
+    """``canon train``'s flags: the engine's (TrainConfig) and the model's task's (its Options)."""
+    from canon.engine.config import TrainConfig
+    from canon.engine.options import add_options
 
+    epilog = None
+    if all_tasks:
+        epilog = "task options (added for the model's task; `canon train MODEL --help` shows them with the "\
+                 "engine's):\n" + _all_task_options_help()
+    parser = argparse.ArgumentParser(
+        prog="canon train", usage=TRAIN_USAGE, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train a registered model. Flags override the keys of a --config YAML file, which override "
+                    "the defaults. --batch-size is the batch of one optimizer step over all processes "
+                    "(torchrun) and accumulated micro-batches.")
+    parser.add_argument("model", nargs="?", help="registered model name (canon list)")
+    parser.add_argument("--config", help="YAML file of option keys (engine and task options, flat)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch log (= --no-progress)")
+    add_options(parser.add_argument_group("engine options"), TrainConfig, suppress_defaults=suppress_defaults)
+    if task_cls is not None:
+        group = parser.add_argument_group(f"{task_cls.name} options")
+        add_options(group, task_cls.Options, suppress_defaults=suppress_defaults)
+    return parser
+
+
+def _all_task_options_help() -> str:
+    from canon.engine.options import add_options
+    from canon.tasks import all_task_classes
+
+    parts = []
+    for name, cls in all_task_classes().items():
+        helper = argparse.ArgumentParser(prog=name, add_help=False, usage=argparse.SUPPRESS)
+        add_options(helper.add_argument_group(f"{name} options"), cls.Options)
+        parts.append(helper.format_help().strip("\n"))
+    return "\n\n".join(parts)
+
+
+def _read_config_file(path: str) -> dict:
     import yaml
 
     p = Path(path)
@@ -150,20 +136,88 @@ def _apply_config_file(config, path: str):
         values = yaml.safe_load(p.read_text()) or {}
     except yaml.YAMLError as e:
         raise UserError(f"--config {p}: not valid YAML ({e})") from None
-    valid = {f.name for f in dataclasses.fields(config)}
-    unknown = sorted(set(values) - valid)
-    if unknown:
-        raise UserError(f"--config {p}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(valid))}")
-    if values.get("input_size") is not None:
-        values["input_size"] = tuple(values["input_size"])
-    return dataclasses.replace(config, **values)
+    if not isinstance(values, dict):
+        raise UserError(f"--config {p}: expected a mapping of option keys, found {type(values).__name__}")
+    values.pop("task", None)  # written into run folders' config.yaml; the model decides the task
+    return values
+
+
+def train_from_argv(argv: list[str]):
+    """Parse ``canon train`` arguments into (TrainConfig, task); explicit flags win over --config keys."""
+    from canon.engine.config import TrainConfig
+    from canon.engine.options import OptionError, split_options
+    from canon.registry import model_info
+    from canon.tasks import all_task_classes, task_class
+
+    if any(a in ("-h", "--help") for a in argv):
+        model = next((a for a in argv if not a.startswith("-")), None)
+        cls = task_class(model_info(model).task) if model else None
+        _train_parser(cls, all_tasks=cls is None).print_help()
+        raise SystemExit(0)
+    # Pass 1: every flag any task knows, without defaults, to find the model (and so the task).
+    from canon.engine.options import add_probe_options, flag_name, option_fields
+
+    tasks = all_task_classes()
+    probe = argparse.ArgumentParser(prog="canon train", usage=TRAIN_USAGE, add_help=False)
+    probe.add_argument("model", nargs="?")
+    probe.add_argument("--config")
+    probe.add_argument("--quiet", action="store_true")
+    add_probe_options(probe, TrainConfig, *(cls.Options for cls in tasks.values()))
+    known_task_flags: dict[str, list[str]] = {}
+    for name, cls in tasks.items():
+        for f in option_fields(cls.Options):
+            known_task_flags.setdefault(flag_name(f), []).append(name)
+    first, _ = probe.parse_known_args(argv)
+    file_values = _read_config_file(first.config) if first.config else {}
+    model = first.model or file_values.get("model")
+    if not model:
+        raise UserError("name a model: canon train MODEL ... (or a model: key in --config)")
+    cls = task_class(model_info(model).task)
+    # Pass 2: the engine's and this task's flags; what the user typed is told apart from defaults.
+    parser = _train_parser(cls, suppress_defaults=True)
+    own_flags = {a for action in parser._actions for a in action.option_strings}
+    for arg in argv:
+        flag = arg.split("=", 1)[0]
+        if flag.startswith("--") and flag not in own_flags and "--" + flag.removeprefix("--no-") not in own_flags:
+            owners = known_task_flags.get(flag)
+            if owners:
+                raise UserError(f"{flag} is an option of the {' and '.join(owners)} task; {model} is a "
+                                f"{cls.name} model (`canon train {model} --help` lists its options)")
+    given = vars(parser.parse_args(argv))  # argparse reports a bad value itself (one line, exit code 2)
+    quiet = given.pop("quiet", False)
+    given.pop("config", None)
+    given.pop("model", None)
+    values = {**file_values, **given, "model": model}
+    if quiet:
+        values["progress"] = False
+    try:
+        engine_values, task_values = split_options(values, TrainConfig, cls.Options,
+                                                   source=f"--config {first.config}" if first.config else "options")
+    except OptionError as e:
+        raise UserError(str(e)) from None
+    config = TrainConfig(**engine_values)
+    if not config.out:
+        from canon.engine.trainer import default_run_dir
+
+        config.out = default_run_dir(config)
+    return config, cls(**task_values)
+
+
+def cmd_train(args) -> int:
+    from canon.engine.trainer import Trainer
+
+    config, task = train_from_argv(args.train_argv)
+    metrics = Trainer(config, task).fit()
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        print(json.dumps(metrics, indent=2))
+    return 0
 
 
 def cmd_eval(args) -> int:
-    from canon.engine.evaluate import evaluate_checkpoint
+    from canon.tasks import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, data=args.data, data_dir=args.data_dir,
-                                 out_dir=args.out, batch_size=args.batch_size)
+                                 out_dir=args.out, batch_size=args.batch_size, device=args.device)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -175,9 +229,10 @@ def cmd_eval(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from canon.engine.evaluate import predict_images
+    from canon.tasks import predict_images
 
-    results = predict_images(args.checkpoint, args.inputs, topk=args.topk, save_dir=args.save_dir)
+    results = predict_images(args.checkpoint, args.inputs, topk=args.topk, save_dir=args.save_dir,
+                             device=args.device)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -192,7 +247,7 @@ def cmd_predict(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from canon.engine.trainer import TrainConfig, train
+    from canon.tasks import train
 
     out = args.out or "runs/demo-lenet5-digits"
     print("canon demo: training lenet5 on scikit-learn's digits (1,797 real 8x8 scans, upscaled to 32x32)",
@@ -203,9 +258,8 @@ def cmd_demo(args) -> int:
     # machine and many times faster on a busy one, where threads wait for each other.
     torch.set_num_threads(1)
     started = time.perf_counter()
-    config = TrainConfig(model="lenet5", data="digits", epochs=12, batch_size=32, lr=0.05, optimizer="sgd",
-                         scheduler="cosine", weight_decay=5e-4, seed=0, out=out, progress=not args.quiet)
-    metrics = train(config)
+    metrics = train("lenet5", data="digits", epochs=12, batch_size=32, lr=0.05, optimizer="sgd", scheduler="cosine",
+                    weight_decay=5e-4, seed=0, out=out, progress=not args.quiet)
     seconds = time.perf_counter() - started
     print(f"lenet5 on digits: test accuracy {metrics['test_accuracy']:.4f} "
           f"after {metrics['epochs']} epochs in {seconds:.1f} s (run folder: {out})")
@@ -214,7 +268,7 @@ def cmd_demo(args) -> int:
 
 # ------------------------------------------------------------------------------------ parser
 def build_parser() -> argparse.ArgumentParser:
-    from canon.engine.optim import OPTIMIZERS, SCHEDULERS
+    from canon.engine.config import DEVICES
     from canon.registry import TASKS
 
     parser = argparse.ArgumentParser(prog="canon", description="The classic deep-learning canon, verified.")
@@ -233,53 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("train", help="train a model on a dataset")
-    p.add_argument("model")
-    p.add_argument("--data", default="digits", help="digits | mnist | fashion-mnist | cifar10 | imagefolder:PATH | ...")
-    p.add_argument("--data-dir")
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="sgd")
-    p.add_argument("--scheduler", choices=SCHEDULERS, default="cosine")
-    p.add_argument("--warmup-epochs", type=float, default=0.0)
-    p.add_argument("--weight-decay", type=float, default=5e-4)
-    p.add_argument("--momentum", type=float, default=0.9)
-    p.add_argument("--label-smoothing", type=float, default=0.0)
-    p.add_argument("--loss", help="task-specific loss: segmentation ce | dice | ce+dice (default ce)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="run folder (default runs/MODEL-DATA)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
-    p.add_argument("--augment", choices=("default", "none"), default="default")
-    p.add_argument("--input-size", help="H,W (default: the data's size if the model takes it)")
-    p.add_argument("--model-arg", action="append", metavar="K=V", help="model option, e.g. small_input=True")
-    p.add_argument("--teacher", metavar="RUN_DIR", help="distil from a trained canon model (DeiT distillation)")
-    p.add_argument("--distillation", choices=["hard", "soft"], default="hard",
-                   help="with --teacher: learn the teacher's argmax (DeiT's hard, default) or its softened "
-                        "distribution (soft, temperature --distillation-tau)")
-    p.add_argument("--distillation-alpha", type=float, default=None,
-                   help="weight of the teacher's term (default 0.5 hard, 0.1 soft, as in DeiT)")
-    p.add_argument("--distillation-tau", type=float, default=3.0, help="soft distillation's temperature (default 3)")
-    p.add_argument("--class-weights", choices=("inverse", "effective"), help="weight the loss by class frequency")
-    p.add_argument("--balanced-sampler", action="store_true", help="over/under-sample to balance classes")
-    p.add_argument("--mixup", type=float, default=0.0, metavar="ALPHA",
-                   help="mixup with λ ~ Beta(ALPHA, ALPHA) per batch (DeiT: 0.8; default 0 = off)")
-    p.add_argument("--cutmix", type=float, default=0.0, metavar="ALPHA",
-                   help="CutMix with λ ~ Beta(ALPHA, ALPHA) (DeiT: 1.0); with --mixup, one of the two per batch")
-    p.add_argument("--train-subset", type=int, metavar="N",
-                   help="train on N training images, a fixed draw that keeps each class's share (the same for "
-                        "every --seed); the test set stays whole")
-    p.add_argument("--eval-every", type=int, default=1, metavar="EPOCHS",
-                   help="evaluate on the test set every EPOCHS epochs and after the last (default 1)")
-    p.add_argument("--max-steps-per-epoch", type=int, help="cap batches per epoch (quick checks)")
-    p.add_argument("--channels-last", action="store_true",
-                   help="NHWC memory order for weights and batches (MobileNet v2 trained ~1.7x faster on CPU)")
-    p.add_argument("--amp", action="store_true",
-                   help="bfloat16 autocast for training steps (weights, optimizer state, evaluation and checkpoints "
-                        "stay float32); fast on CPUs with AVX512-BF16 or AMX, slow on others")
-    p.add_argument("--config", help="YAML file of TrainConfig fields (overrides the flags)")
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's; 1 suits small models)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or per-epoch log")
+    p = sub.add_parser("train", help="train a model on a dataset (canon train MODEL --help: its options)",
+                       add_help=False)
+    p.add_argument("train_argv", nargs=argparse.REMAINDER)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a checkpoint or run folder on a dataset's test split")
@@ -288,6 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", help="where eval.json and figures go (default: the run folder)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto (cuda when available), cpu or cuda")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -296,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", metavar="IMAGE")
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--save-dir", help="where overlays go (segmentation)")
+    p.add_argument("--device", choices=DEVICES, default="auto", help="auto (cuda when available), cpu or cuda")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
@@ -307,8 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    if argv and argv[0] == "train":  # its flags depend on the model's task: parsed by train_from_argv
+        args = argparse.Namespace(command="train", func=cmd_train, train_argv=argv[1:])
+    else:
+        args = parser.parse_args(argv)
     from canon.data import DataError
     from canon.engine.checkpoint import CheckpointError
     from canon.engine.trainer import TrainingDiverged

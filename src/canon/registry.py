@@ -72,9 +72,13 @@ def register_model(
     compatible_with: str | None = None,
     results: tuple[dict, ...] = (),
 ):
-    """Decorator that registers a constructor function under its own ``__name__``."""
-    if task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    """Decorator that registers a constructor function under its own ``__name__``.
+
+    ``task`` names the training task (``canon.tasks``): one of canon's :data:`TASKS`, or the name
+    of a task of your own registered with ``canon.tasks.register_task``.
+    """
+    if not isinstance(task, str) or not task:
+        raise ValueError(f"task must be a task name such as {TASKS[0]!r}, got {task!r}")
 
     def decorator(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         name = fn.__name__
@@ -123,8 +127,9 @@ def create_model(name: str, **kwargs) -> nn.Module:
 def list_models(task: str | None = None, pattern: str | None = None) -> list[str]:
     """Registered names, sorted; ``pattern`` is a shell-style wildcard such as ``"resnet*"``."""
     _ensure_loaded()
-    if task is not None and task not in TASKS:
-        raise ValueError(f"task must be one of {TASKS}, got {task!r}")
+    known = set(TASKS) | {i.task for i in _REGISTRY.values()}
+    if task is not None and task not in known:
+        raise ValueError(f"task must be one of {tuple(sorted(known))}, got {task!r}")
     names = sorted(n for n, i in _REGISTRY.items() if task is None or i.task == task)
     if pattern:
         names = [n for n in names if fnmatch.fnmatch(n, pattern)]

@@ -6,8 +6,9 @@ import torch.nn.functional as F
 from scipy import stats
 
 from canon.data.mixing import BatchMixer, cutmix, cutmix_box, mixup
-from canon.engine.tasks import ClassificationTask
-from canon.engine.trainer import TrainConfig, Trainer
+from canon.engine import RunInfo, TrainConfig
+from canon.tasks import train
+from canon.tasks.classification import ClassificationTask
 
 
 def test_mixup_is_the_convex_combination_of_images_and_one_hot_labels():
@@ -85,22 +86,20 @@ def test_batch_mixer_switches_between_cutmix_and_mixup():
 
 
 def test_task_trains_on_the_mixed_batch_with_the_mixup_loss(monkeypatch):
-    task = ClassificationTask(mixup=0.8)
-    task.build_datasets("digits", None, input_size=None, augment="none", model_input_size=(1, 32, 32))
+    task = ClassificationTask(mixup=0.8, augment="none")
+    task.build_data(RunInfo(config=TrainConfig(model="lenet5", data="digits"), device=torch.device("cpu")))
     monkeypatch.setattr(BatchMixer, "_beta", staticmethod(lambda alpha: 0.3))
     flip = torch.tensor([3, 2, 1, 0])
     monkeypatch.setattr("canon.data.mixing.torch.randperm", lambda n: flip)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32 * 32, 10)).double()
     images, labels = torch.rand(4, 1, 32, 32, dtype=torch.float64), torch.tensor([1, 7, 7, 2])
-    from canon.engine.tasks import StepStats
-
-    loss = task.compute_loss(model, (images, labels), StepStats())
+    loss = task.compute_loss(model, (images, labels))
     log_p = model(0.3 * images + 0.7 * images[flip]).log_softmax(dim=1)
     rows = torch.arange(4)
     torch.testing.assert_close(loss, -(0.3 * log_p[rows, labels] + 0.7 * log_p[rows, labels[flip]]).mean())
 
 
 def test_mixing_is_refused_for_a_segmentation_model(tmp_path):
-    with pytest.raises(ValueError, match="--mixup / --cutmix mix classification batches"):
-        Trainer(TrainConfig(model="unet", data="digits", mixup=0.2, out=str(tmp_path)))
+    with pytest.raises(ValueError, match="mixup is an option of the classification task; unet is a segmentation"):
+        train("unet", data="digits", mixup=0.2, out=str(tmp_path))

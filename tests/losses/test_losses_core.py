@@ -345,7 +345,7 @@ def test_combined_segmentation_losses_are_the_sums():
 
 
 def test_engine_calling_convention():
-    """src/canon/engine/segmentation.py calls dice_loss(logits, target, ignore_index=..., smooth=...)."""
+    """src/canon/tasks/segmentation.py calls dice_loss(logits, target, ignore_index=..., smooth=...)."""
     x = torch.randn(2, 4, 8, 8, requires_grad=True)
     t = torch.randint(0, 4, (2, 8, 8))
     t[:, :3] = 255

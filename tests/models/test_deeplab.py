@@ -88,16 +88,15 @@ def test_v1_largefov_layout():
 
 
 def test_aux_output_trains_through_the_engine_loss():
-    from canon.engine.segmentation import SegmentationTask
-    from canon.engine.tasks import StepStats
+    from canon.tasks.segmentation import SegmentationTask
 
     model = canon.create_model("deeplabv3_resnet18", num_classes=3, aux_loss=True)
     images, masks = torch.randn(2, 3, 64, 64), torch.randint(0, 3, (2, 64, 64))
     task = SegmentationTask(aux_weight=0.4)
-    loss = task.compute_loss(model, (images, masks), StepStats())
+    loss = task.compute_loss(model, (images, masks))
     torch.manual_seed(0)  # the same dropout masks for both forward passes
     out = model(images)
     torch.manual_seed(0)
-    again = task.compute_loss(model, (images, masks), StepStats())
+    again = task.compute_loss(model, (images, masks))
     expected = F.cross_entropy(out["out"], masks) + 0.4 * F.cross_entropy(out["aux"], masks)
     assert torch.allclose(again, expected, atol=1e-5) and loss.requires_grad

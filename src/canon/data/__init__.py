@@ -6,8 +6,8 @@
 """
 from canon.data import transforms
 from canon.data.build import build_dataset, list_datasets
-from canon.data.core import DataError, DatasetInfo, SubsetDataset, TransformedDataset, stratified_subset
+from canon.data.core import DataError, DatasetInfo, SubsetDataset, TransformedDataset, load_image, stratified_subset
 from canon.data.imbalance import balanced_sampler, class_counts, class_weights
 
 __all__ = ["build_dataset", "list_datasets", "DataError", "DatasetInfo", "TransformedDataset",
-           "SubsetDataset", "stratified_subset", "transforms", "class_weights", "class_counts", "balanced_sampler"]
+           "SubsetDataset", "stratified_subset", "load_image", "transforms", "class_weights", "class_counts", "balanced_sampler"]

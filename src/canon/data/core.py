@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset
 
 __all__ = ["DataError", "DatasetInfo", "InMemoryImageDataset", "TransformedDataset", "SubsetDataset",
-           "stratified_subset", "SPLITS"]
+           "stratified_subset", "load_image", "SPLITS"]
 
 SPLITS = ("train", "test")
 
@@ -211,3 +211,20 @@ class SubsetDataset(Dataset):
 
     def __repr__(self) -> str:
         return f"SubsetDataset({self.dataset!r}, n={len(self)})"
+
+
+def load_image(path: str | Path, in_chans: int) -> torch.Tensor:
+    """Decode an image file with Pillow into a float tensor [C,H,W] in [0,1] (1 channel: grey, else RGB)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"image not found: {path}", path=path)
+    try:
+        with Image.open(path) as img:
+            img = img.convert("L" if in_chans == 1 else "RGB")
+            data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+            tensor = data.reshape(img.height, img.width, 1 if in_chans == 1 else 3)
+    except (UnidentifiedImageError, OSError) as e:
+        raise DataError(f"{path}: cannot decode image ({e})", path=path) from None
+    return tensor.permute(2, 0, 1).float() / 255.0

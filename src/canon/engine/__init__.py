@@ -1,9 +1,11 @@
-"""The task-agnostic training engine: loop, checkpoints, schedules, records."""
+"""The task-agnostic training engine: the loop, the step helpers, checkpoints, optimizers and
+schedules, data parallelism and logging. It imports no task; tasks (``canon.tasks``) import it."""
 from canon.engine.checkpoint import CheckpointError, load_model, load_weights, save_weights
-from canon.engine.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
-from canon.engine.tasks import ClassificationTask, Task, get_task, register_task
-from canon.engine.trainer import TrainConfig, Trainer, TrainingDiverged, train
+from canon.engine.config import TrainConfig
+from canon.engine.optim import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler, schedule_factor
+from canon.engine.step import MetricMeter, StepContext, TrainingDiverged
+from canon.engine.trainer import RunInfo, TaskData, Trainer, resolve_device
 
-__all__ = ["CheckpointError", "load_model", "load_weights", "save_weights", "OPTIMIZERS", "SCHEDULERS",
-           "build_optimizer", "build_scheduler", "ClassificationTask", "Task", "get_task", "register_task",
-           "TrainConfig", "Trainer", "TrainingDiverged", "train"]
+__all__ = ["CheckpointError", "load_model", "load_weights", "save_weights", "TrainConfig", "OPTIMIZERS",
+           "SCHEDULERS", "build_optimizer", "build_scheduler", "schedule_factor", "MetricMeter", "StepContext",
+           "TrainingDiverged", "RunInfo", "TaskData", "Trainer", "resolve_device"]

@@ -200,6 +200,11 @@ def _join_optimizer_state(tensors: dict[str, torch.Tensor], js: dict) -> dict:
 
 
 # ----------------------------------------------------------------------------- training checkpoints
+def _optimizer_file(name: str, names: list[str]) -> str:
+    # One optimizer called "model" (every one-optimizer task) keeps the original file name.
+    return "optimizer.safetensors" if names == ["model"] else f"optimizer-{name}.safetensors"
+
+
 def latest_checkpoint_dir(run_dir: str | os.PathLike) -> Path | None:
     pointer = Path(run_dir) / "checkpoints" / "LAST"
     if not pointer.is_file():
@@ -210,22 +215,45 @@ def latest_checkpoint_dir(run_dir: str | os.PathLike) -> Path | None:
     return folder
 
 
+def _as_dict(value, default_name: str = "model") -> dict:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return value
+    return {default_name: value}
+
+
 def save_training_checkpoint(run_dir: str | os.PathLike, *, epoch: int, model: nn.Module,
-                             optimizer: torch.optim.Optimizer, scheduler, state: dict[str, Any],
-                             keep: int = 1) -> Path:
-    """Write everything needed to resume after ``epoch`` (1-based count of finished epochs)."""
+                             optimizers=None, schedulers=None, state: dict[str, Any],
+                             rng_states: list[dict[str, Any]] | None = None, keep: int = 1,
+                             optimizer=None, scheduler=None) -> Path:
+    """Write everything needed to resume after ``epoch`` (1-based count of finished epochs).
+
+    ``optimizers`` and ``schedulers``: dicts by name (a GAN's two players); or one ``optimizer``
+    and ``scheduler``. ``rng_states``: every process's RNG state, in rank order (default: this
+    process's).
+    """
+    optimizers, schedulers = _as_dict(optimizers if optimizers is not None else optimizer), _as_dict(
+        schedulers if schedulers is not None else scheduler)
+    if not optimizers:
+        raise ValueError("save_training_checkpoint needs the optimizer(s)")
+    names = list(optimizers)
     ckpt_root = Path(run_dir) / "checkpoints"
     ckpt_root.mkdir(parents=True, exist_ok=True)
     name = f"epoch_{epoch:04d}"
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=ckpt_root))
     try:
         save_weights(tmp / "model.safetensors", model, extra={"epoch": epoch})
-        opt_tensors, opt_json = _split_optimizer_state(optimizer)
-        _atomic_save_file(opt_tensors, tmp / "optimizer.safetensors", {"format": FORMAT})
+        optimizer_json = {}
+        for opt_name, optimizer in optimizers.items():
+            opt_tensors, opt_json = _split_optimizer_state(optimizer)
+            _atomic_save_file(opt_tensors, tmp / _optimizer_file(opt_name, names), {"format": FORMAT})
+            optimizer_json[opt_name] = opt_json
+        rng_states = rng_states or [rng_state()]
         payload = {
-            "format": FORMAT, "epoch": epoch, "optimizer": opt_json,
-            "scheduler": scheduler.state_dict() if scheduler is not None else None,
-            "rng": rng_state(), **state,
+            "format": FORMAT, "epoch": epoch, "optimizers": optimizer_json,
+            "schedulers": {k: v.state_dict() for k, v in schedulers.items() if v is not None},
+            "rng": rng_states[0], "rng_per_rank": rng_states, **state,
         }
         atomic_write_text(tmp / "state.json", json.dumps(payload))
         final = ckpt_root / name
@@ -243,9 +271,12 @@ def save_training_checkpoint(run_dir: str | os.PathLike, *, epoch: int, model: n
     return ckpt_root / name
 
 
-def load_training_checkpoint(run_dir: str | os.PathLike, *, model: nn.Module,
-                             optimizer: torch.optim.Optimizer, scheduler) -> dict[str, Any]:
-    """Restore model, optimizer, scheduler and RNG from the newest checkpoint; return its JSON."""
+def load_training_checkpoint(run_dir: str | os.PathLike, *, model: nn.Module, optimizers=None, schedulers=None,
+                             rank: int = 0, world_size: int = 1, optimizer=None, scheduler=None) -> dict[str, Any]:
+    """Restore model, optimizers, schedulers and this process's RNG from the newest checkpoint;
+    return its JSON."""
+    optimizers, schedulers = _as_dict(optimizers if optimizers is not None else optimizer), _as_dict(
+        schedulers if schedulers is not None else scheduler)
     folder = latest_checkpoint_dir(run_dir)
     if folder is None:
         raise CheckpointError(f"--resume: no checkpoint in {Path(run_dir) / 'checkpoints'}; "
@@ -256,11 +287,31 @@ def load_training_checkpoint(run_dir: str | os.PathLike, *, model: nn.Module,
         raise CheckpointError(f"{folder / 'state.json'} is corrupt: {e}") from None
     if payload.get("format") != FORMAT:
         raise CheckpointError(f"{folder / 'state.json'}: format {payload.get('format')!r}, expected {FORMAT!r}")
+    if "optimizers" not in payload:  # written before tasks could have several optimizers
+        only = list(optimizers)[:1] or ["model"]
+        payload["optimizers"] = {only[0]: payload.get("optimizer")}
+        payload["schedulers"] = {only[0]: payload.get("scheduler")} if payload.get("scheduler") else {}
+    saved = list(payload["optimizers"])
+    if len(saved) == 1 and len(optimizers) == 1:
+        pairs = [(next(iter(optimizers)), saved[0])]  # one optimizer: names need not agree
+    elif sorted(saved) == sorted(optimizers):
+        pairs = [(name, name) for name in optimizers]
+    else:
+        raise CheckpointError(f"{folder}: the checkpoint holds optimizers {saved}, this run has {list(optimizers)}; "
+                              "resume with the same task and options")
     weights, _ = load_weights(folder / "model.safetensors")
     model.load_state_dict(weights, strict=True)
-    opt_tensors, _ = load_weights(folder / "optimizer.safetensors")
-    optimizer.load_state_dict(_join_optimizer_state(opt_tensors, payload["optimizer"]))
-    if scheduler is not None and payload.get("scheduler") is not None:
-        scheduler.load_state_dict(payload["scheduler"])
-    set_rng_state(payload["rng"])
+    for name, saved_name in pairs:
+        opt_tensors, _ = load_weights(folder / _optimizer_file(saved_name, saved))
+        optimizers[name].load_state_dict(_join_optimizer_state(opt_tensors, payload["optimizers"][saved_name]))
+    for name, saved_name in pairs:
+        scheduler, saved_state = schedulers.get(name), (payload.get("schedulers") or {}).get(saved_name)
+        if scheduler is not None and saved_state is not None:
+            scheduler.load_state_dict(saved_state)
+    per_rank = payload.get("rng_per_rank") or [payload["rng"]]
+    if len(per_rank) != world_size:
+        raise CheckpointError(f"{folder} was written by {len(per_rank)} process(es), this run has {world_size}: "
+                              "resume with the same --nproc-per-node so that every process continues its own "
+                              "random stream")
+    set_rng_state(per_rank[rank])
     return payload

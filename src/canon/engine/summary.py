@@ -6,6 +6,10 @@ Multiply-adds are counted from the operations actually run on one input:
 - pooling, which FlopCounterMode ignores, is counted by a hook as one operation per window
   element per output (kernel area × output elements), the usual convention.
 Element-wise work (activations, normalisation, additions) is not counted, as in the papers.
+
+The input: zeros of ``input_shape`` for image models; a model whose forward takes something else
+(a detector's list of images, a translation model's token ids) defines
+``example_inputs(input_shape=None) -> tuple`` of positional arguments, which is used instead.
 """
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-__all__ = ["LayerRow", "ModelSummary", "summarize", "count_parameters"]
+__all__ = ["LayerRow", "ModelSummary", "summarize", "count_parameters", "example_inputs"]
 
 _POOLS = (nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
           nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.LPPool2d)
@@ -65,18 +69,40 @@ def _pool_macs(module: nn.Module, inputs, output: torch.Tensor) -> int:
 
 
 def _shape(out) -> tuple:
+    """The shape of a tensor; of a dict, list or tuple of them, the tuple of their shapes."""
     if isinstance(out, torch.Tensor):
         return tuple(out.shape)
     if isinstance(out, dict):
         return tuple(_shape(v) for v in out.values())
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return tuple(tuple(o.shape) for o in out)
+    if isinstance(out, (tuple, list)) and out and all(isinstance(o, (torch.Tensor, tuple, list, dict)) for o in out):
+        return tuple(_shape(o) for o in out)
     return ()
 
 
-def summarize(model: nn.Module, input_shape: tuple[int, ...], name: str | None = None) -> ModelSummary:
-    """Run one forward pass in eval mode on zeros of ``input_shape`` (with batch dim) and count."""
+def example_inputs(model: nn.Module, input_shape: tuple[int, ...] | None) -> tuple:
+    """Positional arguments for one forward pass: the model's own ``example_inputs`` when it has
+    one, else zeros of ``input_shape`` (with the batch dimension)."""
+    own = getattr(model, "example_inputs", None)
+    if callable(own):
+        inputs = own(input_shape)
+        return inputs if isinstance(inputs, tuple) else (inputs,)
+    if not input_shape:
+        raise ValueError(f"{type(model).__name__} takes no image input and has no example_inputs(); "
+                         "give an input shape")
+    return (torch.zeros(*input_shape),)
+
+
+def _input_shape(inputs: tuple) -> tuple:
+    if len(inputs) == 1:
+        return _shape(inputs[0]) if not isinstance(inputs[0], list) else (len(inputs[0]), *_shape(inputs[0][0]))
+    return tuple(_shape(i) for i in inputs)
+
+
+def summarize(model: nn.Module, input_shape: tuple[int, ...] | None, name: str | None = None) -> ModelSummary:
+    """Run one forward pass in eval mode (on zeros of ``input_shape`` with its batch dimension, or on
+    the model's ``example_inputs``) and count."""
     model.eval()
+    inputs = example_inputs(model, input_shape)
     rows: dict[str, LayerRow] = {}
     pool_macs: dict[str, int] = {}
     hooks = []
@@ -94,7 +120,7 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...], name: str | None =
     counter = FlopCounterMode(display=False, depth=None)
     try:
         with torch.no_grad(), counter:
-            output = model(torch.zeros(*input_shape))
+            output = model(*inputs)
     finally:
         for h in hooks:
             h.remove()
@@ -108,4 +134,4 @@ def summarize(model: nn.Module, input_shape: tuple[int, ...], name: str | None =
     params = count_parameters(model)
     return ModelSummary(name=name or type(model).__name__, params=params,
                         trainable_params=count_parameters(model, trainable_only=True), macs=int(total),
-                        input_shape=tuple(input_shape), output_shape=_shape(output), layers=list(rows.values()))
+                        input_shape=_input_shape(inputs), output_shape=_shape(output), layers=list(rows.values()))

@@ -1,87 +1,90 @@
-"""The one training loop. Task-agnostic: the task supplies data, loss and evaluation.
+"""The one training loop. It knows no task: a task (``canon.tasks``) builds the data and the model,
+declares its optimizers and runs each step; the loop owns everything else.
 
 Guarantees:
 - a checkpoint after every epoch, written atomically (see :mod:`canon.engine.checkpoint`);
 - ``resume=True`` continues from the newest checkpoint and ends with exactly the weights an
-  uninterrupted run with the same seed ends with (same data order, same augmentation draws);
+  uninterrupted run with the same seed ends with (same data order, same augmentation draws, every
+  process's random stream restored); under torchrun a restarted group resumes by itself;
 - a non-finite loss stops training with :class:`TrainingDiverged`, leaving the last good
   checkpoint untouched;
-- the run folder gets ``config.yaml``, ``history.csv``, ``metrics.json`` and ``curves.png``.
+- the run folder gets ``config.yaml``, ``history.csv``, ``metrics.json`` and ``curves.png``
+  (written by the main process alone in a distributed run).
+
+What the loop calls on the task, in order (``canon.tasks.Task`` documents each):
+``build_data(run)``, ``build_model(run, data)``, ``configure_optimizers(model, config)``,
+``configure_schedulers(optimizers, config, steps_per_epoch, model)``, then per epoch ``sample_order``,
+``collate`` (through the DataLoader), ``train_step(model, batch, step)`` per micro-batch,
+``evaluate(model, loader)``, ``on_epoch_end(model, epoch, logger)``, and ``checkpoint_meta()``
+for what the weights files record.
 """
 from __future__ import annotations
 
-import csv
-import io
+import contextlib
 import json
-import math
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader
 
 from canon.engine.checkpoint import (
-    atomic_write_text, latest_checkpoint_dir, load_model, load_training_checkpoint, save_training_checkpoint,
+    atomic_write_text, latest_checkpoint_dir, load_training_checkpoint, rng_state, save_training_checkpoint,
     save_weights,
 )
-from canon.engine.optim import build_optimizer, build_scheduler
-from canon.engine.tasks import StepStats, get_task
-from canon.registry import create_model, model_info
+from canon.engine.config import TrainConfig
+from canon.engine.data import DeviceLoader, move_to, plan_epoch, plan_loader, to_channels_last
+from canon.engine.distributed import (
+    DistributedInfo, all_gather_objects, barrier, convert_sync_batchnorm, init_distributed, maybe_inject_fault,
+    restart_count, shutdown_distributed,
+)
+from canon.engine.logging import RunLogger, write_history
+from canon.engine.step import StepContext, TrainingDiverged
+from canon.registry import model_info
 
-__all__ = ["TrainConfig", "Trainer", "TrainingDiverged", "train"]
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+__all__ = ["Trainer", "TrainingDiverged", "RunInfo", "TaskData", "resolve_device", "default_run_dir"]
 
 
 @dataclass
-class TrainConfig:
-    model: str
-    data: str = "digits"
-    data_dir: str | None = None
-    epochs: int = 10
-    batch_size: int = 64
-    lr: float = 0.01
-    optimizer: str = "sgd"
-    scheduler: str = "cosine"
-    warmup_epochs: float = 0.0
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    label_smoothing: float = 0.0
-    loss: str | None = None  # task-specific choice, e.g. segmentation: "ce" | "dice" | "ce+dice"
-    seed: int = 0
-    out: str = "runs/train"
-    resume: bool = False
-    augment: str = "default"  # "default" | "none"
-    input_size: tuple[int, int] | None = None
-    model_kwargs: dict[str, Any] = field(default_factory=dict)
-    teacher: str | None = None
-    distillation: str = "hard"  # with a teacher: "hard" (DeiT's default) | "soft"
-    distillation_alpha: float | None = None  # weight of the teacher's term; None: 0.5 hard, 0.1 soft
-    distillation_tau: float = 3.0  # soft distillation's temperature
-    mixup: float = 0.0  # mixup's Beta(α, α); 0 = off
-    cutmix: float = 0.0  # CutMix's Beta(α, α); 0 = off (both on: one of the two per batch)
-    class_weights: str | None = None  # None | "inverse" | "effective"
-    balanced_sampler: bool = False
-    train_subset: int | None = None  # train on this many training images (a fixed stratified draw)
-    eval_every: int = 1
-    max_steps_per_epoch: int | None = None  # for quick checks; None = the whole training set
-    channels_last: bool = False  # NHWC weights and batches: much faster depthwise/grouped convs on CPU
-    amp: bool = False  # bfloat16 autocast for the training forward pass and loss; weights stay float32
-    progress: bool = True
+class TaskData:
+    """What a task's ``build_data`` returns: the datasets, the dataset's own facts (``info``), and
+    anything else the task wants to keep (``extra``)."""
 
-    def to_yaml(self) -> str:
-        d = asdict(self)
-        if d["input_size"] is not None:
-            d["input_size"] = list(d["input_size"])
-        return yaml.safe_dump(d, sort_keys=False)
+    train: Any
+    test: Any
+    info: Any = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a task may know about the run it serves."""
+
+    config: TrainConfig
+    device: torch.device
+    distributed: DistributedInfo = DistributedInfo()
+    run_dir: Path | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: CUDA when torch sees a GPU, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA GPU here (torch.cuda.is_available() is False); "
+                         "use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"--device must be auto, cpu or cuda, got {name!r}")
+    return torch.device(name)
+
+
+def default_run_dir(config: TrainConfig) -> str:
+    return f"runs/{config.model}-{config.data.split(':')[0]}"
 
 
 def _seed_everything(seed: int) -> None:
@@ -91,204 +94,247 @@ def _seed_everything(seed: int) -> None:
 
 
 class Trainer:
-    def __init__(self, config: TrainConfig):
+    """``Trainer(config, task).fit()`` trains ``config.model`` with ``task`` and returns the final
+    metrics (also written to ``metrics.json``)."""
+
+    def __init__(self, config: TrainConfig, task):
+        if task is None:
+            raise TypeError("Trainer needs a task (canon.tasks.get_task(name, ...)); canon.tasks.train() builds one "
+                            "from the model's registered task")
+        if not config.model:
+            raise ValueError("no model given: name a registered model (canon list shows them)")
         self.config = config
-        self.run_dir = Path(config.out)
-        info = model_info(config.model)  # fails early, with close names, on a typo
-        self.model_info = info
-        options = {}
-        if info.task == "classification":
-            options = {"label_smoothing": config.label_smoothing, "distillation": config.distillation,
-                       "distillation_alpha": config.distillation_alpha, "distillation_tau": config.distillation_tau,
-                       "mixup": config.mixup, "cutmix": config.cutmix}
-        elif config.mixup or config.cutmix:
-            raise ValueError(f"--mixup / --cutmix mix classification batches; {config.model} is a {info.task} model")
-        if config.teacher is None and (config.distillation != "hard" or config.distillation_alpha is not None):
-            raise ValueError(f"--distillation {config.distillation} / --distillation-alpha need --teacher RUN_DIR "
-                             "(distillation learns from a trained teacher)")
-        if isinstance(config.eval_every, bool) or not isinstance(config.eval_every, int) or config.eval_every < 1:
-            raise ValueError(f"--eval-every must be a whole number of epochs >= 1, got {config.eval_every!r}")
-        if config.loss is not None:
-            options["loss"] = config.loss
-        self.task = get_task(info.task, **options)
+        self.task = task
+        self.model_info = model_info(config.model)  # fails early, with close names, on a typo
+        if self.model_info.task != task.name:
+            raise ValueError(f"{config.model} is a {self.model_info.task} model; the {task.name} task cannot train it")
+        self.run_dir = Path(config.out or default_run_dir(config))
+        self._started = False
 
     # -------------------------------------------------------------------------------- setup
-    def _build(self):
+    def _build(self) -> None:
         cfg = self.config
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        self.dist = init_distributed(self.device)
+        self.run = RunInfo(config=cfg, device=self.device, distributed=self.dist, run_dir=self.run_dir)
         _seed_everything(cfg.seed)
-        # A probe model (with the data's channel count) decides the training input size.
-        from canon.data import build_dataset
-
-        probe_info = build_dataset(cfg.data, split="train", data_dir=cfg.data_dir).info
-        fixed = self.task.model_kwargs(probe_info)
-        kwargs = {**fixed, **cfg.model_kwargs}
-        probe = create_model(cfg.model, **kwargs)
-        self.train_set, self.test_set, self.data_info, self.input_size = self.task.build_datasets(
-            cfg.data, cfg.data_dir, input_size=cfg.input_size, augment=cfg.augment,
-            model_input_size=self.model_info.input_size, model=probe)
-        del probe
+        self.data = self.task.build_data(self.run)
         if cfg.train_subset is not None:
-            self.train_set = _subset(self.train_set, cfg.train_subset)
+            self.data.train = _subset(self.data.train, cfg.train_subset)
         _seed_everything(cfg.seed)  # the model's initial weights depend on the seed alone
-        self.model = create_model(cfg.model, **kwargs)
+        model = self.task.build_model(self.run, self.data)
+        if cfg.sync_bn and self.dist.enabled:
+            model = convert_sync_batchnorm(model, self.device)
+        model.to(self.device)
         if cfg.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.teacher = None
-        if cfg.teacher:
-            self.teacher = _load_teacher(cfg.teacher, self.input_size, self.data_info)
-            if hasattr(self.model, "distilled_training"):
-                self.model.distilled_training = True
-        self.class_weights = None
-        if cfg.class_weights:
-            from canon.data import class_weights
+            model = model.to(memory_format=torch.channels_last)
+        self.module = model
+        if self.dist.rank > 0:  # every process draws its own augmentation (process 0 keeps the one-process stream)
+            _seed_everything(cfg.seed + 1_000_003 * self.dist.rank)
+        self.optimizers = dict(self.task.configure_optimizers(model, cfg))
+        if not self.optimizers:
+            raise ValueError(f"{type(self.task).__name__}.configure_optimizers returned no optimizer")
+        self.steps_per_epoch = len(self._plan(0))
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"the training set ({len(self.data.train)} samples) gives no batch of --batch-size "
+                             f"{cfg.batch_size}")
+        self.schedulers = dict(self.task.configure_schedulers(self.optimizers, cfg, self.steps_per_epoch, model))
+        self.model = model
+        self.uses_ddp = self.dist.enabled and getattr(self.task, "data_parallel", "ddp") == "ddp"
+        if self.uses_ddp:
+            from torch.nn.parallel import DistributedDataParallel
 
-            self.class_weights = class_weights(self.train_set.targets, self.data_info.num_classes,
-                                               method=cfg.class_weights)
-        self.steps_per_epoch = math.ceil(len(self.train_set) / cfg.batch_size)
-        if cfg.max_steps_per_epoch:
-            self.steps_per_epoch = min(self.steps_per_epoch, cfg.max_steps_per_epoch)
-        self.optimizer = build_optimizer(cfg.optimizer, self.model.parameters(), lr=cfg.lr,
-                                         weight_decay=cfg.weight_decay, momentum=cfg.momentum)
-        self.scheduler = build_scheduler(cfg.scheduler, self.optimizer, epochs=cfg.epochs,
-                                         steps_per_epoch=self.steps_per_epoch, warmup_epochs=cfg.warmup_epochs)
-        self.test_loader = DataLoader(self.test_set, batch_size=getattr(self.task, "eval_batch_size", None)
-                                      or max(cfg.batch_size, 256), shuffle=False)
+            self.model = DistributedDataParallel(
+                model, device_ids=[self.dist.local_rank] if self.device.type == "cuda" else None,
+                find_unused_parameters=getattr(self.task, "find_unused_parameters", False))
+        self.step = StepContext(
+            optimizers=self.optimizers, schedulers=self.schedulers, module=self.module, device=self.device,
+            amp=cfg.amp, accumulate=cfg.accumulate, clip_grad_norm=cfg.clip_grad_norm,
+            clip_grad_value=cfg.clip_grad_value, world_size=self.dist.world_size,
+            sync_gradients=self.dist.enabled and not self.uses_ddp, on_optimizer_step=self._on_optimizer_step)
+        eval_batch = getattr(self.task, "eval_batch_size", None) or max(cfg.batch_size, 256)
+        self.test_loader = DataLoader(self.data.test, batch_size=eval_batch, shuffle=False,
+                                      collate_fn=getattr(self.task, "collate", None), num_workers=cfg.workers)
 
-    def _train_loader(self, epoch: int) -> DataLoader:
-        # The data order depends on (seed, epoch) alone, so a resumed run sees the same batches.
-        generator = torch.Generator().manual_seed(self.config.seed * 100_003 + epoch)
-        if self.config.balanced_sampler:
-            from canon.data import balanced_sampler
-
-            sampler = balanced_sampler(self.train_set.targets, generator=generator)
-            return DataLoader(self.train_set, batch_size=self.config.batch_size, sampler=sampler)
-        return DataLoader(self.train_set, batch_size=self.config.batch_size, shuffle=True, generator=generator)
+    def _plan(self, epoch: int):
+        cfg = self.config
+        train = self.data.train
+        order = None
+        custom = self.task.sample_order(train)
+        if custom is not None:
+            order = custom
+        return plan_epoch(len(train), cfg.batch_size, seed=cfg.seed, epoch=epoch, world_size=self.dist.world_size,
+                          rank=self.dist.rank, accumulate=cfg.accumulate, order=order,
+                          max_steps=cfg.max_steps_per_epoch)
 
     # -------------------------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
         cfg = self.config
         self._build()
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        main = self.dist.is_main
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        barrier(self.dist)
+        self.logger = RunLogger(self.run_dir if main else None, console=cfg.progress,
+                                tensorboard=cfg.tensorboard and main)
         history: list[dict[str, Any]] = []
         start_epoch, best, seconds_before = 0, None, 0.0
-        if cfg.resume and latest_checkpoint_dir(self.run_dir) is not None:
-            payload = load_training_checkpoint(self.run_dir, model=self.model, optimizer=self.optimizer,
-                                               scheduler=self.scheduler)
+        resume = cfg.resume or restart_count() > 0
+        if resume and latest_checkpoint_dir(self.run_dir) is not None:
+            payload = load_training_checkpoint(self.run_dir, model=self.module, optimizers=self.optimizers,
+                                               schedulers=self.schedulers, rank=self.dist.rank,
+                                               world_size=self.dist.world_size)
             start_epoch, history, best = payload["epoch"], payload["history"], payload.get("best")
             seconds_before = payload.get("seconds", 0.0)
-            self._log(f"resumed from {self.run_dir}/checkpoints (epoch {start_epoch})")
+            self.step.step_count = payload.get("step_count", start_epoch * self.steps_per_epoch)
+            why = "" if cfg.resume else f" (torchrun restart {restart_count()})"
+            if main:  # said even with --quiet: a run that continues an earlier one should say so
+                print(f"resumed from {self.run_dir}/checkpoints (epoch {start_epoch}){why}", file=sys.stderr,
+                      flush=True)
         elif cfg.resume:
-            self._log(f"--resume: no checkpoint in {self.run_dir}; starting from scratch")
-        atomic_write_text(self.run_dir / "config.yaml", cfg.to_yaml())
+            self.logger.info(f"--resume: no checkpoint in {self.run_dir}; starting from scratch")
+        if main:
+            atomic_write_text(self.run_dir / "config.yaml",
+                              cfg.to_yaml(self.task.options_dict(), task=self.task.name))
         t0 = time.perf_counter() - seconds_before
-        for epoch in range(start_epoch, cfg.epochs):
-            row = self._train_one_epoch(epoch)
-            if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
-                row.update(self.task.evaluate(self.model, self.test_loader))
-            row["seconds"] = time.perf_counter() - t0
-            history.append(row)
-            score = row.get(self.task.primary_metric)
-            improved = score is not None and (best is None or (score > best if self.task.higher_is_better
-                                                               else score < best))
-            if improved:
-                best = score
-                save_weights(self.run_dir / "best.safetensors", self.model,
-                             extra=self._weights_extra(epoch + 1, row))
-            save_weights(self.run_dir / "last.safetensors", self.model, extra=self._weights_extra(epoch + 1, row))
-            save_training_checkpoint(self.run_dir, epoch=epoch + 1, model=self.model, optimizer=self.optimizer,
-                                     scheduler=self.scheduler,
-                                     state={"history": history, "best": best, "seconds": row["seconds"],
-                                            "config": json.loads(json.dumps(asdict(cfg)))})
-            self._write_history(history)
-            self._log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-        metrics = self._final_metrics(history, best)
-        atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        try:
+            for epoch in range(start_epoch, cfg.epochs):
+                row = self._train_one_epoch(epoch)
+                if (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs:
+                    if main:
+                        loader = DeviceLoader(self.test_loader, self.device)
+                        row.update(self.task.evaluate(self.module, loader))
+                    barrier(self.dist)
+                row["seconds"] = time.perf_counter() - t0
+                history.append(row)
+                rng_states = all_gather_objects(self.dist, rng_state())
+                if main:
+                    best = self._save_epoch(epoch, row, history, best, rng_states)
+                    self.task.on_epoch_end(self.module, epoch, self.logger)
+                    self.logger.scalars({k: v for k, v in row.items() if k != "epoch"}, epoch + 1, prefix="epoch/")
+                    self.logger.flush()
+                    self.logger.info(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}"
+                                              for k, v in row.items()))
+                barrier(self.dist)
+            metrics = self._final_metrics(history, best)
+            if main:
+                atomic_write_text(self.run_dir / "metrics.json", json.dumps(metrics, indent=2))
+        finally:
+            self.logger.close()
+        shutdown_distributed(self.dist)
         return metrics
+
+    def _save_epoch(self, epoch: int, row: dict, history: list, best, rng_states):
+        primary = self.task.primary_metric
+        score = row.get(primary)
+        improved = score is not None and (best is None or (score > best if self.task.higher_is_better
+                                                           else score < best))
+        if improved:
+            best = score
+            save_weights(self.run_dir / "best.safetensors", self.module, extra=self._weights_extra(epoch + 1, row))
+        save_weights(self.run_dir / "last.safetensors", self.module, extra=self._weights_extra(epoch + 1, row))
+        save_training_checkpoint(self.run_dir, epoch=epoch + 1, model=self.module, optimizers=self.optimizers,
+                                 schedulers=self.schedulers, rng_states=rng_states,
+                                 state={"history": history, "best": best, "seconds": row["seconds"],
+                                        "step_count": self.step.step_count,
+                                        "config": json.loads(json.dumps(self.config.as_dict())),
+                                        "task_options": json.loads(json.dumps(self.task.options_dict()))})
+        write_history(history, self.run_dir, self.logger.info)
+        return best
 
     def _train_one_epoch(self, epoch: int) -> dict[str, Any]:
         cfg = self.config
         self.model.train()
-        stats = StepStats()
-        loader = self._train_loader(epoch)
+        plan = self._plan(epoch)
+        loader = plan_loader(self.data.train, plan, collate_fn=getattr(self.task, "collate", None),
+                             workers=cfg.workers)
+        step = self.step
+        step.meter = type(step.meter)()
         started = time.perf_counter()
+        samples = 0
         bar = None
-        if cfg.progress:
+        if cfg.progress and self.dist.is_main:
             from tqdm import tqdm
 
-            bar = tqdm(total=self.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr,
-                       leave=False, dynamic_ncols=True)
-        for step, batch in enumerate(loader):
-            if step >= self.steps_per_epoch:
-                break
-            if cfg.channels_last:
-                batch = _channels_last(batch)
-            # --amp: matrix products and convolutions in bfloat16; cross-entropy runs in float32 under torch's
-            # autocast rules, and the tasks cast logits to float32 where a loss needs it (soft distillation's KL,
-            # Dice). The backward pass follows the forward's dtypes; the optimizer updates float32 weights.
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.amp):
-                loss = self.task.compute_loss(self.model, batch, stats, teacher=self.teacher,
-                                              class_weights=self.class_weights)
-            if not torch.isfinite(loss):
+            bar = tqdm(total=len(plan), desc=f"epoch {epoch + 1}/{cfg.epochs}", file=sys.stderr, leave=False,
+                       dynamic_ncols=True)
+        batches = iter(loader)
+        unit = getattr(self.task, "sample_unit", "images")
+        try:
+            for k, micro_batches in enumerate(plan.steps):
+                maybe_inject_fault(self.dist, step.step_count)
+                for optimizer in self.optimizers.values():
+                    optimizer.zero_grad(set_to_none=True)
+                for m, (indices, weight) in enumerate(micro_batches):
+                    batch = move_to(next(batches), self.device)
+                    if cfg.channels_last:
+                        batch = to_channels_last(batch)
+                    step.begin_micro_batch(epoch=epoch, micro_batch=m, loss_weight=weight, batch_size=len(indices))
+                    no_sync = self.uses_ddp and m < len(micro_batches) - 1
+                    with self.model.no_sync() if no_sync else contextlib.nullcontext():
+                        try:
+                            self.task.train_step(self.model, batch, step)
+                        except TrainingDiverged as e:
+                            raise self._diverged(e, epoch, k) from None
+                step.end_batch()
+                samples += plan.batch_sizes[k]
+                if self.logger.writer is not None:
+                    self.logger.scalars({f"lr_{name}" if len(self.optimizers) > 1 else "lr": o.param_groups[0]["lr"]
+                                         for name, o in self.optimizers.items()}, step.step_count, prefix="step/")
                 if bar is not None:
-                    bar.close()
-                last = latest_checkpoint_dir(self.run_dir)
-                kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
-                raise TrainingDiverged(
-                    f"loss became {loss.item()} at epoch {epoch + 1}, step {step + 1} (lr "
-                    f"{self.optimizer.param_groups[0]['lr']:.3g}); stopped, {kept}. Try a lower --lr.")
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            self.scheduler.step()
+                    elapsed = time.perf_counter() - started
+                    postfix = {key: f"{value:.4f}" for key, value in step.meter.last_means().items()}
+                    postfix[f"{unit}/s"] = f"{samples / max(elapsed, 1e-9):.0f}"
+                    bar.set_postfix(postfix)
+                    bar.update(1)
+        finally:
             if bar is not None:
-                elapsed = time.perf_counter() - started
-                postfix = {k.removeprefix("train_"): f"{v:.4f}" for k, v in stats.as_dict("train").items()}
-                postfix["img/s"] = f"{stats.count / max(elapsed, 1e-9):.0f}"
-                bar.set_postfix(postfix)
-                bar.update(1)
-        if bar is not None:
-            bar.close()
+                bar.close()
         elapsed = time.perf_counter() - started
-        row: dict[str, Any] = {"epoch": epoch + 1, "lr": self.optimizer.param_groups[0]["lr"]}
-        row.update(stats.as_dict("train"))
-        row["train_images_per_s"] = stats.count / max(elapsed, 1e-9)
+        if self.dist.enabled:  # the epoch's means over every process's share of the batches
+            merged = type(step.meter)()
+            for sums, counts in all_gather_objects(self.dist, (step.meter.sums, step.meter.counts)):
+                for key, value in sums.items():
+                    merged.sums[key] = merged.sums.get(key, 0.0) + value
+                    merged.counts[key] = merged.counts.get(key, 0.0) + counts[key]
+            step.meter = merged
+        row: dict[str, Any] = {"epoch": epoch + 1}
+        if len(self.optimizers) == 1:
+            row["lr"] = next(iter(self.optimizers.values())).param_groups[0]["lr"]
+        else:
+            row.update({f"lr_{name}": o.param_groups[0]["lr"] for name, o in self.optimizers.items()})
+        row.update(step.meter.means("train"))
+        row[f"train_{unit}_per_s"] = samples / max(elapsed, 1e-9)
         return row
+
+    def _on_optimizer_step(self, name: str, extra: dict[str, float]) -> None:
+        if extra:
+            self.step.meter.add(1, **{(f"{k}_{name}" if len(self.optimizers) > 1 else k): v for k, v in extra.items()})
+
+    def _diverged(self, error: TrainingDiverged, epoch: int, step_in_epoch: int) -> TrainingDiverged:
+        last = latest_checkpoint_dir(self.run_dir)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+        lrs = ", ".join(f"{o.param_groups[0]['lr']:.3g}" for o in self.optimizers.values())
+        return TrainingDiverged(f"{error} at epoch {epoch + 1}, step {step_in_epoch + 1} (lr {lrs}); stopped, "
+                                f"{kept}. Try a lower --lr (or --clip-grad-norm).")
 
     # -------------------------------------------------------------------------------- records
     def _weights_extra(self, epoch: int, row: dict) -> dict:
-        info = self.data_info
-        return {"epoch": epoch, "task": self.task.name, "input_size": list(self.input_size),
-                "data": self.config.data, "class_names": list(getattr(info, "class_names", []) or []),
-                "mean": list(getattr(info, "mean", []) or []), "std": list(getattr(info, "std", []) or []),
+        return {"epoch": epoch, "task": self.task.name, "data": self.config.data, **self.task.checkpoint_meta(),
                 "metrics": {k: v for k, v in row.items() if isinstance(v, (int, float))}}
-
-    def _write_history(self, history: list[dict]) -> None:
-        keys: list[str] = []
-        for row in history:
-            keys += [k for k in row if k not in keys]
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(history)
-        atomic_write_text(self.run_dir / "history.csv", buf.getvalue())
-        try:
-            from canon.engine.plots import plot_curves
-
-            plot_curves(history, self.run_dir / "curves.png")
-        except Exception as e:  # a plotting problem must never lose a training run
-            self._log(f"warning: could not draw curves.png: {e}")
 
     def _final_metrics(self, history: list[dict], best) -> dict[str, Any]:
         last = history[-1] if history else {}
+        meta = self.task.checkpoint_meta()
         metrics = {"model": self.config.model, "data": self.config.data, "epochs": len(history),
-                   "seconds": last.get("seconds", 0.0), "input_size": list(self.input_size),
-                   f"best_{self.task.primary_metric}": best}
+                   "seconds": last.get("seconds", 0.0)}
+        if "input_size" in meta:
+            metrics["input_size"] = meta["input_size"]
+        metrics[f"best_{self.task.primary_metric}"] = best
         metrics.update({k: v for k, v in last.items() if k.startswith("test_")})
         return metrics
-
-    def _log(self, message: str) -> None:
-        if self.config.progress:
-            print(message, file=sys.stderr, flush=True)
 
 
 def _subset(train_set, size: int):
@@ -302,59 +348,6 @@ def _subset(train_set, size: int):
                          f"got {size!r}")
     targets = getattr(train_set, "targets", None)
     if not isinstance(targets, torch.Tensor) or targets.dim() != 1 or len(targets) != len(train_set):
-        targets = torch.zeros(len(train_set), dtype=torch.long)  # no per-image labels: one stratum
+        targets = torch.zeros(len(train_set), dtype=torch.long)  # no per-sample labels: one stratum
     return SubsetDataset(train_set, stratified_subset(targets, size, seed=0))
 
-
-def _channels_last(batch):
-    """The batch with its 4-D tensors (images; not masks or labels) in NHWC memory order."""
-    return type(batch)(x.contiguous(memory_format=torch.channels_last) if isinstance(x, torch.Tensor) and x.dim() == 4
-                       else x for x in batch)
-
-
-class TeacherAtItsInputSize(torch.nn.Module):
-    """A frozen teacher that sees the student's batch resized to the size it was trained at.
-
-    DeiT distils at one resolution; here a teacher and a student may need different sizes (a
-    ResNet-18 with the ImageNet stem needs 32 px, a patch-4 ViT for MNIST takes 28 px). The batch
-    is already normalised with the dataset's statistics, and a bilinear resize commutes with that
-    per-channel affine map, so resizing the normalised batch equals normalising a resized image.
-    """
-
-    def __init__(self, teacher: torch.nn.Module, input_size: tuple[int, int]):
-        super().__init__()
-        self.teacher = teacher.eval().requires_grad_(False)
-        self.input_size = tuple(input_size)
-
-    def train(self, mode: bool = True):  # the teacher stays in eval mode (batch-norm statistics)
-        return super().train(False)
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        if tuple(images.shape[-2:]) != self.input_size:
-            images = torch.nn.functional.interpolate(images, size=self.input_size, mode="bilinear",
-                                                     align_corners=False, antialias=True)
-        return self.teacher(images)
-
-
-def _load_teacher(path: str, student_input_size, data_info) -> torch.nn.Module:
-    """Load ``--teacher RUN_DIR`` and check it was trained on this data (classes, normalisation)."""
-    teacher, meta = load_model(path)
-    extra = meta.get("extra", {})
-    teacher_classes = extra.get("class_names") or []
-    student_classes = list(getattr(data_info, "class_names", []) or [])
-    if teacher_classes and student_classes and teacher_classes != student_classes:
-        raise ValueError(f"--teacher {meta['path']} was trained on classes {teacher_classes[:5]}... "
-                         f"({len(teacher_classes)}), the student's data has {student_classes[:5]}... "
-                         f"({len(student_classes)}): a teacher must predict the student's classes")
-    for key in ("mean", "std"):
-        theirs, ours = extra.get(key) or [], list(getattr(data_info, key, []) or [])
-        if theirs and ours and not np.allclose(theirs, ours, atol=1e-6):
-            raise ValueError(f"--teacher {meta['path']} was trained with {key} {theirs}, the student's data is "
-                             f"normalised with {key} {ours}: train the teacher on the same data")
-    size = extra.get("input_size") or list(student_input_size)
-    return TeacherAtItsInputSize(teacher, tuple(size[-2:]))
-
-
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Train ``config.model`` and return the final metrics (also written to ``metrics.json``)."""
-    return Trainer(config).fit()

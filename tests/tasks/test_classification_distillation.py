@@ -5,14 +5,14 @@ import torch.nn.functional as F
 
 from canon import create_model as canon_model
 from canon.engine.checkpoint import load_model
-from canon.engine.trainer import TeacherAtItsInputSize, TrainConfig, train
+from canon.tasks import train
+from canon.tasks.classification import ClassificationTask, TeacherAtItsInputSize
 
 
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("distillation") / "teacher"
-    train(TrainConfig(model="lenet5", data="digits", epochs=1, batch_size=32, lr=0.05, seed=0, out=str(out),
-                      progress=False))
+    train("lenet5", data="digits", epochs=1, batch_size=32, lr=0.05, seed=0, out=str(out), progress=False)
     return out
 
 
@@ -56,10 +56,9 @@ def test_distilled_vit_at_28_px_trains_with_a_32_px_lenet_teacher(tmp_path, teac
 
     TeacherAtItsInputSize.forward = spy
     try:
-        metrics = train(TrainConfig(model="deit_tiny_distilled_patch4_28", data="digits", input_size=(28, 28),
-                                    epochs=1, batch_size=32, lr=1e-3, optimizer="adamw", seed=0,
-                                    max_steps_per_epoch=8, teacher=str(teacher_dir), out=str(tmp_path / "student"),
-                                    progress=False))
+        metrics = train("deit_tiny_distilled_patch4_28", data="digits", input_size=(28, 28), epochs=1, batch_size=32,
+                        lr=1e-3, optimizer="adamw", seed=0, max_steps_per_epoch=8, teacher=str(teacher_dir),
+                        out=str(tmp_path / "student"), progress=False)
     finally:
         TeacherAtItsInputSize.forward = original
     assert len(seen) == 8 and all(size == (28, 28) and out[1] == 10 for size, out in seen)
@@ -67,31 +66,32 @@ def test_distilled_vit_at_28_px_trains_with_a_32_px_lenet_teacher(tmp_path, teac
 
 
 def test_a_teacher_for_other_classes_is_refused(tmp_path, monkeypatch, teacher_dir):
-    from canon.engine import trainer as trainer_module
+    from canon.tasks import classification as classification_module
 
     def other_classes(path):
         model, meta = load_model(path)
         meta["extra"]["class_names"] = [f"c{i}" for i in range(10)]
         return model, meta
 
-    monkeypatch.setattr(trainer_module, "load_model", other_classes)
+    monkeypatch.setattr(classification_module, "load_model", other_classes)
     with pytest.raises(ValueError, match="teacher must predict the student's classes"):
-        train(TrainConfig(model="deit_tiny_distilled_patch4_28", data="digits", input_size=(28, 28), epochs=1,
-                          max_steps_per_epoch=1, teacher=str(teacher_dir), out=str(tmp_path / "s"), progress=False))
+        train("deit_tiny_distilled_patch4_28", data="digits", input_size=(28, 28), epochs=1, max_steps_per_epoch=1,
+              teacher=str(teacher_dir), out=str(tmp_path / "s"), progress=False)
 
 
 @pytest.mark.parametrize("kind", ["hard", "soft"])
 def test_the_task_trains_the_distillation_head_on_the_chosen_loss(kind):
     """ClassificationTask's loss for a distilled DeiT equals DeiT's eq. 2 / eq. 3 functions."""
-    from canon.engine.tasks import ClassificationTask, StepStats
     from canon.models.classification.deit import hard_distillation_loss, soft_distillation_loss
 
     torch.manual_seed(0)
     student = canon_model("deit_tiny_distilled_patch4_28", distilled_training=True).train()
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10)).eval()
     images, labels = torch.randn(4, 1, 28, 28), torch.randint(0, 10, (4,))
-    task = ClassificationTask(distillation=kind, distillation_tau=2.0)
-    got = task.compute_loss(student, (images, labels), StepStats(), teacher=teacher)
+    # the teacher a run loads from --teacher RUN_DIR, set directly
+    task = ClassificationTask(distillation=kind, distillation_tau=2.0, teacher="set below")
+    task.teacher = teacher
+    got = task.compute_loss(student, (images, labels))
     torch.manual_seed(0)
     outputs, teacher_logits = student(images), teacher(images)
     if kind == "hard":
@@ -102,9 +102,6 @@ def test_the_task_trains_the_distillation_head_on_the_chosen_loss(kind):
 
 
 def test_distillation_options_are_checked_where_they_enter(tmp_path):
-    from canon.engine.tasks import ClassificationTask
-    from canon.engine.trainer import Trainer
-
     with pytest.raises(ValueError, match="'hard' or 'soft', got 'sfot'"):
         ClassificationTask(distillation="sfot")
     with pytest.raises(ValueError, match=r"--distillation-alpha must be in \[0, 1\], got -0.1"):
@@ -112,21 +109,19 @@ def test_distillation_options_are_checked_where_they_enter(tmp_path):
     with pytest.raises(ValueError, match="--distillation-tau must be > 0, got 0"):
         ClassificationTask(distillation="soft", distillation_tau=0)
     with pytest.raises(ValueError, match="need --teacher RUN_DIR"):
-        Trainer(TrainConfig(model="deit_tiny_distilled_patch4_28", data="digits", distillation="soft",
-                            out=str(tmp_path / "s")))
+        train("deit_tiny_distilled_patch4_28", data="digits", distillation="soft", out=str(tmp_path / "s"))
 
 
 def test_a_one_head_student_learns_from_label_and_teacher_on_the_same_logits():
     """deit_tiny_patch4_28 (no distillation token) with a teacher: DeiT's "usual distillation"
     (eq. 2 on the one head), (1−α)·CE(z_s, y) + α·τ²·KL(softmax(z_t/τ) ‖ softmax(z_s/τ)), written out."""
-    from canon.engine.tasks import ClassificationTask, StepStats
-
     torch.manual_seed(0)
     student = canon_model("deit_tiny_patch4_28").train()
     teacher = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(28 * 28, 10)).eval()
     images, labels = torch.randn(6, 1, 28, 28), torch.randint(0, 10, (6,))
-    task = ClassificationTask(distillation="soft", distillation_alpha=0.5, distillation_tau=3.0)
-    got = task.compute_loss(student, (images, labels), StepStats(), teacher=teacher)
+    task = ClassificationTask(distillation="soft", distillation_alpha=0.5, distillation_tau=3.0, teacher="set below")
+    task.teacher = teacher
+    got = task.compute_loss(student, (images, labels))
 
     torch.manual_seed(0)
     z_s = student(images).double()

@@ -8,10 +8,14 @@ Model contract: ``model(x)`` returns logits ``(N, num_classes, H, W)`` at the in
 Evaluation runs on whole test images. Models whose input must be a multiple of their output
 stride are fed a mirror-padded image; models declaring ``tile_size`` (valid-convolution U-Net)
 or images larger than ``max_eval_size`` use the overlap-tile strategy of the U-Net paper
-(:func:`canon.engine.segmentation.predict_overlap_tile`).
+(:func:`predict_overlap_tile`).
+
+The options this task adds to ``canon train``: the input (crop) size and augmentation, the loss
+(``--loss ce|dice|ce+dice``; Dice is ``canon.losses``' soft Dice) and the auxiliary head's weight.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +23,30 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from canon.engine.tasks import StepStats, Task, register_task
+from canon.engine.options import option
+from canon.engine.trainer import TaskData
+from canon.losses import functional as LF
+from canon.tasks.base import Task
+from canon.tasks.classification import ImageOptions
 
-__all__ = ["SegmentationTask", "predict_full_image", "predict_overlap_tile", "SEGMENTATION_LOSSES"]
+__all__ = ["SegmentationOptions", "SegmentationTask", "predict_full_image", "predict_overlap_tile",
+           "SEGMENTATION_LOSSES"]
 
 SEGMENTATION_LOSSES = ("ce", "dice", "ce+dice")
+
+
+@dataclass
+class SegmentationOptions(ImageOptions):
+    loss: str = option("ce", "pixel loss: cross-entropy, soft Dice, or their sum", choices=SEGMENTATION_LOSSES)
+    aux_weight: float = option(0.4, "weight of an auxiliary head's loss (FCN / DeepLab aux classifiers)")
+    max_eval_size: int = option(1024, "evaluate larger test images tile by tile (overlap-tile)")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.loss not in SEGMENTATION_LOSSES:
+            raise ValueError(f"segmentation loss must be one of {SEGMENTATION_LOSSES}, got {self.loss!r}")
+        if self.aux_weight < 0:
+            raise ValueError(f"--aux-weight must be >= 0, got {self.aux_weight}")
 
 # A fixed palette (class 0 black, then distinct colours) for masks and overlays.
 PALETTE = torch.tensor([
@@ -39,58 +62,79 @@ def _logits(output) -> tuple[torch.Tensor, torch.Tensor | None]:
     return output, None
 
 
-def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, eps: float = 1.0) -> torch.Tensor:
-    """1 - mean over classes of 2|P∩G| / (|P| + |G|), on softmax probabilities (pixels with
-    ``ignore_index`` excluded). logits (N,K,H,W), target (N,H,W) int64."""
-    from canon.losses import functional as LF
-
-    return LF.dice_loss(logits, target, ignore_index=ignore_index, smooth=eps)
-
-
 class SegmentationTask(Task):
     name = "segmentation"
+    Options = SegmentationOptions
     primary_metric = "test_miou"
     higher_is_better = True
     eval_batch_size = 1  # whole test images, which may differ in size
 
-    def __init__(self, loss: str = "ce", aux_weight: float = 0.4, max_eval_size: int = 1024):
-        if loss not in SEGMENTATION_LOSSES:
-            raise ValueError(f"segmentation loss must be one of {SEGMENTATION_LOSSES}, got {loss!r}")
-        self.loss = loss
-        self.aux_weight = aux_weight
-        self.max_eval_size = max_eval_size
+    def __init__(self, options=None, **kwargs):
+        super().__init__(options, **kwargs)
         self.ignore_index = 255
+        self.info = None
+        self.input_size: tuple[int, int] | None = None
 
     # ------------------------------------------------------------------ data
-    def build_datasets(self, data, data_dir, *, input_size, augment, model_input_size, model=None):
+    def _datasets(self, data, data_dir, input_size, train: bool = True):
         from canon.data import build_dataset
         from canon.data import segmentation_transforms as ST
 
-        train = build_dataset(data, split="train", data_dir=data_dir)
-        test = build_dataset(data, split="test", data_dir=data_dir)
-        info = train.info
+        train_set = build_dataset(data, split="train", data_dir=data_dir) if train else None
+        test_set = build_dataset(data, split="test", data_dir=data_dir)
+        info = (train_set or test_set).info
         if getattr(info, "task", "classification") != "segmentation":
             raise ValueError(f"{data!r} is a {info.task} dataset; segmentation models need masks "
                              "(isbi-membrane:DIR, voc-seg:DIR, coco-seg:DIR[?categories=A,B], coco-person:DIR)")
         self.ignore_index = getattr(info, "ignore_index", 255)
-        crop = tuple(input_size) if input_size else tuple(model_input_size[-2:])
-        train_tf = ST.default_transforms(info, crop, train=True, augment=augment)
-        test_tf = ST.default_transforms(info, crop, train=False, augment=augment)
-        return ST.PairedTransformedDataset(train, train_tf), ST.PairedTransformedDataset(test, test_tf), info, crop
+        crop = tuple(input_size)
+        augment = self.options.augment
+        test = ST.PairedTransformedDataset(test_set, ST.default_transforms(info, crop, train=False, augment=augment))
+        train_ds = None
+        if train_set is not None:
+            train_ds = ST.PairedTransformedDataset(train_set,
+                                                   ST.default_transforms(info, crop, train=True, augment=augment))
+        self.info, self.input_size = info, crop
+        return train_ds, test, info
 
-    def model_kwargs(self, info):
-        return {"num_classes": info.num_classes, "in_chans": info.in_chans}
+    def build_data(self, run) -> TaskData:
+        from canon.registry import model_info
+
+        cfg = run.config
+        crop = self.options.input_size or tuple(model_info(cfg.model).input_size[-2:])
+        train, test, info = self._datasets(cfg.data, cfg.data_dir, crop)
+        return TaskData(train=train, test=test, info=info)
+
+    def build_eval_data(self, data, data_dir, meta, model) -> TaskData:
+        input_size = tuple(meta.get("extra", {}).get("input_size") or ())
+        if not input_size:
+            from canon.registry import model_info
+
+            input_size = tuple(model_info(meta["model"]).input_size[-2:])
+        _, test, info = self._datasets(data, data_dir, input_size, train=False)
+        return TaskData(train=None, test=test, info=info)
+
+    def model_kwargs(self, data: TaskData):
+        return {"num_classes": data.info.num_classes, "in_chans": data.info.in_chans}
+
+    def checkpoint_meta(self) -> dict[str, Any]:
+        info = self.info
+        return {"input_size": list(self.input_size or ()),
+                "class_names": list(getattr(info, "class_names", []) or []),
+                "mean": list(getattr(info, "mean", []) or []), "std": list(getattr(info, "std", []) or [])}
 
     # ------------------------------------------------------------------ loss
-    def _loss(self, logits, masks, class_weights):
+    def _loss(self, logits, masks):
         loss = logits.new_zeros(())
-        if self.loss in ("ce", "ce+dice"):
-            loss = loss + F.cross_entropy(logits, masks, weight=class_weights, ignore_index=self.ignore_index)
-        if self.loss in ("dice", "ce+dice"):
-            loss = loss + soft_dice_loss(logits, masks, self.ignore_index)
+        kind = self.options.loss
+        if kind in ("ce", "ce+dice"):
+            loss = loss + F.cross_entropy(logits, masks, ignore_index=self.ignore_index)
+        if kind in ("dice", "ce+dice"):
+            # 1 - mean over classes of 2|P∩G| / (|P| + |G|) on softmax probabilities, ignored pixels excluded
+            loss = loss + LF.dice_loss(logits, masks, ignore_index=self.ignore_index, smooth=1.0)
         return loss
 
-    def compute_loss(self, model, batch, stats, *, teacher=None, class_weights=None):
+    def compute_loss(self, model, batch, step=None):
         images, masks = batch
         out, aux = _logits(model(images))
         out = out.float()  # under --amp the logits arrive in bfloat16; Dice's sums over pixels need float32
@@ -100,12 +144,13 @@ class SegmentationTask(Task):
             raise ValueError(f"model output {tuple(out.shape[-2:])} does not match mask size "
                              f"{tuple(masks.shape[-2:])}; valid-convolution models need masks cropped "
                              "to their output (see the dataset's transforms)")
-        loss = self._loss(out, masks, class_weights)
+        loss = self._loss(out, masks)
         if aux is not None:
-            loss = loss + self.aux_weight * self._loss(aux, masks, class_weights)
-        valid = masks != self.ignore_index
-        correct = ((out.detach().argmax(1) == masks) & valid).sum().item()
-        stats.add(loss.item(), images.shape[0], pixel_accuracy=correct / max(valid.sum().item(), 1) * images.shape[0])
+            loss = loss + self.options.aux_weight * self._loss(aux, masks)
+        if step is not None:
+            valid = masks != self.ignore_index
+            correct = ((out.detach().argmax(1) == masks) & valid).sum().item()
+            step.log(images.shape[0], loss=loss.item(), pixel_accuracy=correct / max(valid.sum().item(), 1))
         return loss
 
     # ------------------------------------------------------------------ evaluation
@@ -114,16 +159,17 @@ class SegmentationTask(Task):
         """Logits (K,H,W) for one normalised image (C,H,W) at its full size."""
         tile = getattr(model, "tile_size", None)
         h, w = image.shape[-2:]
-        if tile is not None or max(h, w) > self.max_eval_size:
+        if tile is not None or max(h, w) > self.options.max_eval_size:
             return predict_overlap_tile(model, image, tile_size=tile or 512)
         return predict_full_image(model, image)
 
     @torch.no_grad()
-    def evaluate(self, model, loader, *, num_classes=None, full=False):
+    def evaluate(self, model, loader, *, full=False, num_classes=None):
         from canon.metrics import SegmentationMetrics
 
         model.eval()
-        num_classes = num_classes or getattr(model, "num_classes", None)
+        num_classes = num_classes or (self.info.num_classes if self.info is not None else None) or getattr(
+            model, "num_classes", None)
         metrics = None
         loss_sum, count = 0.0, 0
         for images, masks in loader:
@@ -143,20 +189,22 @@ class SegmentationTask(Task):
         return out
 
     # ------------------------------------------------------------------ figures and prediction
-    def write_figures(self, model, test_set, info, result, out_dir: Path, count: int = 4) -> dict[str, Any]:
+    def write_figures(self, model, data, result, out_dir: Path, count: int = 4) -> dict[str, Any]:
         import matplotlib
 
         matplotlib.use("Agg", force=True)
         import matplotlib.pyplot as plt
 
-        from canon.engine.plots import _figure_bytes
         from canon.engine.checkpoint import atomic_write_bytes
+        from canon.engine.plots import _figure_bytes
 
+        test_set, info = data.test, data.info
+        device = next(model.parameters()).device
         n = min(count, len(test_set))
         fig, axes = plt.subplots(n, 3, figsize=(9, 3 * n), squeeze=False)
         for row in range(n):
             image, mask = test_set[row]
-            pred = self.predict_logits(model, image).argmax(0)
+            pred = self.predict_logits(model, image.to(device)).argmax(0).cpu()
             shown = _denormalise(image, info)
             axes[row][0].imshow(shown.permute(1, 2, 0).squeeze(-1), cmap="gray" if shown.shape[0] == 1 else None)
             axes[row][1].imshow(colorize(mask))
@@ -171,11 +219,13 @@ class SegmentationTask(Task):
                      for i in range(len(result.get("iou", [])))}
         return {"predictions_png": str(path), "per_class": per_class}
 
-    def predict(self, model, meta, inputs, *, save_dir=None):
+    @torch.no_grad()
+    def predict(self, model, meta, inputs, *, save_dir=None, topk: int = 5, device=None):
         from PIL import Image
 
-        from canon.engine.evaluate import load_image
+        from canon.data import load_image
 
+        device = device or torch.device("cpu")
         extra = meta.get("extra", {})
         in_chans = getattr(model, "in_chans", 3)
         mean = torch.tensor(extra.get("mean") or [0.0] * in_chans)[:, None, None]
@@ -186,7 +236,7 @@ class SegmentationTask(Task):
         results = []
         for path in inputs:
             raw = load_image(path, in_chans)
-            pred = self.predict_logits(model, (raw - mean) / std).argmax(0)
+            pred = self.predict_logits(model, ((raw - mean) / std).to(device)).argmax(0).cpu()
             overlay = overlay_mask(raw, pred)
             target = out_dir / f"{Path(path).stem}_overlay.png"
             Image.fromarray(overlay.permute(1, 2, 0).numpy()).save(target)
@@ -286,5 +336,3 @@ def _mirror_pad(x: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor
         left, right, top, bottom = (left - step[0], right - step[1], top - step[2], bottom - step[3])
     return x
 
-
-register_task("segmentation", SegmentationTask)

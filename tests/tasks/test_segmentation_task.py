@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from canon.engine.segmentation import predict_full_image, predict_overlap_tile
+from canon.tasks.segmentation import predict_full_image, predict_overlap_tile
 
 
 class ValidConv(nn.Module):
@@ -79,24 +79,25 @@ def test_train_eval_predict_through_the_cli(shared_data, tmp_path):
 
 
 def test_valid_convolution_loss_uses_the_centre_of_the_mask():
-    from canon.engine.segmentation import SegmentationTask
-    from canon.engine.tasks import StepStats
+    from canon.tasks.segmentation import SegmentationTask
 
     torch.manual_seed(0)
     model = ValidConv()
     images, masks = torch.rand(2, 1, 20, 20), torch.randint(0, 3, (2, 20, 20))
     masks[0, 0, 0] = 255  # ignored, and outside the centre anyway
-    loss = SegmentationTask().compute_loss(model, (images, masks), StepStats())
+    loss = SegmentationTask().compute_loss(model, (images, masks))
     expected = F.cross_entropy(model(images), masks[:, 2:-2, 2:-2], ignore_index=255)
     assert torch.allclose(loss, expected)
 
 
 def test_classification_data_for_a_segmentation_model_is_refused_with_the_specs():
-    from canon.engine.segmentation import SegmentationTask
+    from canon.tasks.segmentation import SegmentationTask
 
+    from canon.engine import RunInfo, TrainConfig
+
+    run = RunInfo(config=TrainConfig(model="unet", data="digits"), device=torch.device("cpu"))
     with pytest.raises(ValueError, match="classification dataset.*isbi-membrane:DIR.*coco-person:DIR"):
-        SegmentationTask().build_datasets("digits", None, input_size=None, augment="default",
-                                          model_input_size=(3, 64, 64))
+        SegmentationTask().build_data(run)
 
 
 def test_eval_of_test_images_of_different_sizes(tmp_path):
@@ -104,8 +105,7 @@ def test_eval_of_test_images_of_different_sizes(tmp_path):
     import numpy as np
     from PIL import Image
 
-    from canon.engine.evaluate import evaluate_checkpoint
-    from canon.engine.trainer import TrainConfig, train
+    from canon.tasks import evaluate_checkpoint, train
 
     root = tmp_path / "voc"
     for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
@@ -120,9 +120,8 @@ def test_eval_of_test_images_of_different_sizes(tmp_path):
     for split in ("train", "val"):
         (root / "ImageSets/Segmentation" / f"{split}.txt").write_text("\n".join(sizes) + "\n")
     run = tmp_path / "run"
-    train(TrainConfig(model="unet", data=f"voc-seg:{root}", epochs=1, batch_size=2, max_steps_per_epoch=1,
-                      input_size=(16, 16), model_kwargs={"base_channels": 4, "depth": 2}, out=str(run),
-                      progress=False))
+    train("unet", data=f"voc-seg:{root}", epochs=1, batch_size=2, max_steps_per_epoch=1, input_size=(16, 16),
+          model_kwargs={"base_channels": 4, "depth": 2}, out=str(run), progress=False)
     result = evaluate_checkpoint(str(run), data=f"voc-seg:{root}", batch_size=256, out_dir=str(tmp_path / "eval"))
     assert 0.0 <= result["test_pixel_accuracy"] <= 1.0
     assert (tmp_path / "eval" / "eval.json").is_file()
@@ -131,8 +130,7 @@ def test_eval_of_test_images_of_different_sizes(tmp_path):
 def test_loss_from_bfloat16_logits_is_computed_in_float32():
     """Under `--amp` a model returns bfloat16 logits; CE + Dice (sums over every pixel) must come out as
     if computed in float32 from those same values, not with bfloat16's 3 significant digits."""
-    from canon.engine.segmentation import SegmentationTask
-    from canon.engine.tasks import StepStats
+    from canon.tasks.segmentation import SegmentationTask
 
     torch.manual_seed(0)
     logits = (torch.randn(2, 3, 64, 64) * 3).to(torch.bfloat16)
@@ -148,7 +146,7 @@ def test_loss_from_bfloat16_logits_is_computed_in_float32():
 
     task = SegmentationTask(loss="ce+dice")
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = task.compute_loss(Fixed(logits), (torch.zeros(2, 1, 64, 64), masks), StepStats())
-    expected = task.compute_loss(Fixed(logits.double()), (torch.zeros(2, 1, 64, 64), masks), StepStats())
+        got = task.compute_loss(Fixed(logits), (torch.zeros(2, 1, 64, 64), masks))
+    expected = task.compute_loss(Fixed(logits.double()), (torch.zeros(2, 1, 64, 64), masks))
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), expected.double(), rtol=1e-6, atol=1e-6)
