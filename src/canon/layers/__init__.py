@@ -5,6 +5,7 @@ from canon.layers.conv import (  # noqa: F401
     conv_transpose2d, conv_transpose_output_size,
 )
 from canon.layers.deform_conv import DeformConv2d, bilinear_gather, deform_conv2d, deform_sampling_points  # noqa: F401
+from canon.layers.recurrent import GRU, LSTM, RNN, gru_cell, lstm_cell, rnn_relu_cell, rnn_tanh_cell  # noqa: F401
 from canon.layers.pooling import (  # noqa: F401
     AvgPool2d, GlobalAvgPool2d, MaxPool2d, SoftPool2d, SpatialPyramidPool, StochasticPool2d, adaptive_bins,
     avg_pool2d, global_avg_pool2d, max_pool2d, overlapping_max_pool2d, soft_pool2d, spatial_pyramid_pool,

@@ -29,6 +29,10 @@ Mask conventions are those of the torch API each function mirrors, so call sites
       ``key_padding_mask`` is True where attention is NOT allowed (a padded key); float masks
       are added.
 A query row whose every key is masked gets a softmax over nothing and comes out NaN, as in torch.
+
+Incremental decoding: :class:`MultiHeadAttention` takes a key/value ``cache`` (a dict it reads and
+updates), so a decoder that generates one token at a time projects only the new position's key and
+value and attends over the stored ones: step t costs O(t) instead of recomputing all t positions.
 """
 from __future__ import annotations
 
@@ -133,6 +137,16 @@ class MultiHeadAttention(nn.Module):
     ``in_proj_weight`` (3E, E) stacks W^Q, W^K, W^V; ``out_proj`` is W^O. Returns
     ``(output, weights)``: output (N, L, E) (or (L, N, E) with ``batch_first=False``), weights
     (N, L, S) averaged over heads, (N, num_heads, L, S) per head, or None unless ``need_weights``.
+
+    Key/value cache (not in torch's API): pass ``cache``, a dict, to decode incrementally.
+        - ``static_kv=False`` (self-attention): ``key``/``value`` hold only the NEW positions; their
+          projections are appended to ``cache["key"]``/``cache["value"]`` (N, num_heads, S, d), and the
+          queries attend over every stored position. ``is_causal`` then aligns the mask to the
+          bottom-right (query i is position S - L + i), so one new query sees all the past.
+        - ``static_kv=True`` (cross-attention on a fixed memory): ``key``/``value`` are projected on the
+          first call and read back from the cache afterwards.
+    Masks then cover all S stored keys. Every cached tensor has the batch on dim 0, so a beam
+    search reorders the cache with ``index_select(0, ...)``.
     """
 
     def __init__(self, embed_dim: int, num_heads: int, *, dropout: float = 0.0, bias: bool = True,
@@ -184,7 +198,7 @@ class MultiHeadAttention(nn.Module):
     def forward(self, query: torch.Tensor, key: torch.Tensor | None = None, value: torch.Tensor | None = None,
                 *, key_padding_mask: torch.Tensor | None = None, need_weights: bool = False,
                 attn_mask: torch.Tensor | None = None, average_attn_weights: bool = True,
-                is_causal: bool = False):
+                is_causal: bool = False, cache: dict | None = None, static_kv: bool = False):
         key = query if key is None else key
         value = key if value is None else value
         for name, t in (("query", query), ("key", key), ("value", value)):
@@ -194,18 +208,30 @@ class MultiHeadAttention(nn.Module):
         if not self.batch_first:
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         n, query_len, _ = query.shape
-        key_len = key.shape[1]
 
         # Q = X W^Q + b^Q etc., from the stacked (3E, E) matrix.
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3) if self.in_proj_bias is not None else (None,) * 3
         q = split_heads(F.linear(query, w_q, b_q), self.num_heads)  # (N, H, L, d)
-        k = split_heads(F.linear(key, w_k, b_k), self.num_heads)    # (N, H, S, d)
-        v = split_heads(F.linear(value, w_v, b_v), self.num_heads)  # (N, H, S, d)
+        if cache is not None and static_kv and "key" in cache:
+            k, v = cache["key"], cache["value"]                      # the memory, projected once
+        else:
+            k = split_heads(F.linear(key, w_k, b_k), self.num_heads)    # (N, H, S, d)
+            v = split_heads(F.linear(value, w_v, b_v), self.num_heads)  # (N, H, S, d)
+            if cache is not None and not static_kv and "key" in cache:  # the past positions, then the new
+                k = torch.cat([cache["key"], k], dim=2)
+                v = torch.cat([cache["value"], v], dim=2)
+        key_len = k.shape[2]
 
         mask = self._padding_and_attn_mask(attn_mask, key_padding_mask, n, query_len, key_len, q.dtype)
+        if cache is not None:  # stored only once the masks are known to fit
+            cache["key"], cache["value"] = k, v
         if is_causal:
-            causal = _additive_mask(causal_mask(query_len, key_len, device=q.device), q.dtype)
+            if cache is not None:  # bottom-right aligned: the cached keys precede the queries
+                allowed = torch.ones(query_len, key_len, dtype=torch.bool, device=q.device).tril(key_len - query_len)
+            else:  # top-left aligned, as torch (the same when L = S)
+                allowed = causal_mask(query_len, key_len, device=q.device)
+            causal = _additive_mask(allowed, q.dtype)
             mask = causal if mask is None else mask + causal
         dropout_p = self.dropout if self.training else 0.0
         out, weights = scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,

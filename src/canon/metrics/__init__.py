@@ -6,7 +6,7 @@ from canon.metrics.detection import coco_box_iou, coco_evaluate, coco_keypoint_o
 from canon.metrics.image import MS_SSIM_WEIGHTS, mae, ms_ssim, mse, psnr, rmse, ssim
 from canon.metrics.segmentation import (SegmentationMetrics, dice_from_confusion, iou_from_confusion,
                                         segmentation_confusion_matrix)
-from canon.metrics.text import (corpus_bleu, normalize_answer, rouge_l, squad_evaluate,
+from canon.metrics.text import (bleu, corpus_bleu, normalize_answer, rouge_l, squad_evaluate,
                                 squad_exact_match, squad_f1)
 
 __all__ = [
@@ -20,5 +20,6 @@ __all__ = [
     # detection
     "coco_evaluate", "coco_box_iou", "coco_keypoint_oks", "voc_ap", "voc_precision_recall",
     # text
-    "normalize_answer", "squad_exact_match", "squad_f1", "squad_evaluate", "corpus_bleu", "rouge_l",
+    "normalize_answer", "squad_exact_match", "squad_f1", "squad_evaluate", "corpus_bleu", "bleu", "rouge_l",
 ]
+

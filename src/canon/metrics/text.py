@@ -24,7 +24,9 @@ Deviates, and why:
 - BLEU counts a hypothesis's n-grams as they are, len - n + 1 or none if shorter than n (the
   paper, sacreBLEU); NLTK's ``corpus_bleu`` counts max(1, len - n + 1), so the two agree exactly
   unless some hypothesis has fewer than ``max_n`` tokens.
-- BLEU is returned in [0, 1] (NLTK's scale), not 0-100 (sacreBLEU's). No smoothing: a corpus with
+- :func:`bleu` is the score to report for translation: detokenised strings, 0-100, computed by
+  sacreBLEU itself (its 13a tokenisation and standard settings) so that figures compare with papers.
+- :func:`corpus_bleu`'s BLEU is returned in [0, 1] (NLTK's scale), not 0-100 (sacreBLEU's). No smoothing: a corpus with
   no matching n-gram of some order scores 0, as in the paper. An empty corpus or empty candidates
   score 0 (the brevity penalty of zero candidate words is exp(-inf) = 0).
 - ROUGE-L tokenises like ``rouge-score`` without stemming: lower case, every run of characters
@@ -42,7 +44,7 @@ from collections import Counter
 from typing import Iterable, Mapping, Sequence
 
 __all__ = ["normalize_answer", "squad_exact_match", "squad_f1", "squad_evaluate", "ngram_counts",
-           "corpus_bleu", "rouge_tokenize", "lcs_length", "rouge_l"]
+           "corpus_bleu", "bleu", "rouge_tokenize", "lcs_length", "rouge_l"]
 
 # ----------------------------------------------------------------------------- SQuAD
 _PUNCTUATION = frozenset(string.punctuation)
@@ -167,6 +169,43 @@ def corpus_bleu(references: Sequence[Sequence[str | Sequence[str]]], hypotheses:
     log_precision = sum(math.log(m / t) for m, t in zip(matches, totals)) / max_n
     brevity_penalty = 1.0 if hyp_length > ref_length else math.exp(1 - ref_length / hyp_length)
     return brevity_penalty * math.exp(log_precision)
+
+
+def bleu(hypotheses: Sequence[str], references: Sequence[Sequence[str]], *, tokenize: str = "13a",
+         lowercase: bool = False, return_signature: bool = False) -> float | tuple[float, str]:
+    """Corpus BLEU on detokenised text, 0-100, computed by sacreBLEU (Post 2018, arXiv:1804.08771).
+
+    Same call as ``sacrebleu.corpus_bleu``: ``hypotheses`` one string per sentence, ``references`` a
+    list of reference STREAMS, each with one string per hypothesis (``[refs]`` for one reference per
+    sentence, ``[refs_a, refs_b]`` for two). sacreBLEU's standard settings: its 13a tokenisation,
+    mixed case, exponential smoothing. With ``return_signature=True`` returns ``(score, signature)``,
+    the signature string to report beside the score (e.g. ``nrefs:1|case:mixed|eff:no|tok:13a|
+    smooth:exp|version:2.6.0``).
+
+    Why sacreBLEU and not :func:`corpus_bleu`: BLEU scores are only comparable with the same
+    tokenisation and settings, and sacreBLEU is the reference implementation papers report; this
+    function only checks the inputs and calls it. :func:`corpus_bleu` stays for pre-tokenised text.
+    """
+    if isinstance(hypotheses, str) or not all(isinstance(h, str) for h in hypotheses):
+        raise TypeError("bleu: hypotheses must be a list of strings, one detokenised sentence each")
+    if isinstance(references, str) or (len(references) and isinstance(references[0], str)):
+        raise TypeError("bleu: references must be a list of reference streams, each a list of strings "
+                        "with one entry per hypothesis, e.g. bleu(hypotheses, [references])")
+    if not len(references):
+        raise ValueError("bleu: need at least one reference stream, got none")
+    for i, stream in enumerate(references):
+        if len(stream) != len(hypotheses):
+            raise ValueError(f"bleu: reference stream {i} has {len(stream)} sentences for {len(hypotheses)} "
+                             f"hypotheses; every stream needs one reference per hypothesis")
+        if not all(isinstance(r, str) for r in stream):
+            raise TypeError(f"bleu: reference stream {i} must hold strings")
+    try:
+        from sacrebleu.metrics import BLEU
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ImportError("canon.metrics.bleu needs sacrebleu: pip install sacrebleu") from None
+    metric = BLEU(tokenize=tokenize, lowercase=lowercase)
+    score = metric.corpus_score(list(hypotheses), [list(stream) for stream in references]).score
+    return (score, str(metric.get_signature())) if return_signature else score
 
 
 # ----------------------------------------------------------------------------- ROUGE-L
