@@ -16,6 +16,11 @@ __all__ = ["build_dataset", "list_datasets", "DataError", "DatasetInfo", "Transf
            "SubsetDataset", "stratified_subset", "load_image", "transforms", "class_weights", "class_counts",
            "balanced_sampler"]
 
+# detection (VOC, VOC XML folders, COCO)
+from canon.data.detection import AnnotationWarning, DetectionDataset, DetectionInfo  # noqa: E402
+
+__all__ += ["DetectionDataset", "DetectionInfo", "AnnotationWarning"]
+
 # translation (Multi30k and any parallel text)
 from canon.data.translation import (SubwordVocabulary, TranslationDataset, collate_translation,  # noqa: E402
                                     read_multi30k, read_parallel_text)

@@ -24,7 +24,8 @@ from canon.data.core import SPLITS, data_error
 __all__ = ["build_dataset", "list_datasets", "DATASETS"]
 
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "mnist-folder:PATH", "imagefolder:PATH",
-            "isbi-membrane:DIR", "voc-seg:DIR", "coco-seg:DIR[?categories=A,B]", "coco-person:DIR")
+            "isbi-membrane:DIR", "voc-seg:DIR", "coco-seg:DIR[?categories=A,B]", "coco-person:DIR",
+            "voc:DIR", "voc-xml:DIR", "coco:DIR", "coco:ANNOTATIONS_JSON:IMAGE_DIR")  # detection: canon.data.detection
 _PATH_KINDS = ("mnist-folder", "imagefolder")
 _DOWNLOADABLE = ("mnist", "fashion-mnist", "cifar10")
 
@@ -55,6 +56,9 @@ def build_dataset(spec: str, split: str = "train", data_dir: str | Path | None =
     if kind in ("isbi-membrane", "voc-seg", "coco-seg", "coco-person"):  # canon.data.segmentation
         from canon.data.segmentation import build_segmentation
         return build_segmentation(kind, path, split)
+    if kind in ("voc", "voc-xml", "coco"):  # canon.data.detection
+        from canon.data.detection import build_detection
+        return build_detection(kind, path, split)
     if kind in _PATH_KINDS:
         if not path:
             raise data_error(None, f"a folder after the colon, as in {kind}:PATH", found=repr(spec))

@@ -8,6 +8,7 @@ anchors.py ``AnchorGenerator``, IoU ``Matcher``, ``BalancedPositiveNegativeSampl
 from canon.ops.anchors import AnchorGenerator, BalancedPositiveNegativeSampler, Matcher
 from canon.ops.boxes import (BoxCoder, box_area, box_convert, box_iou, clip_boxes_to_image, complete_box_iou,
                              distance_box_iou, generalized_box_iou, remove_small_boxes)
+from canon.ops.anchor_priors import KMeansAnchors, kmeans_anchors, mean_best_iou, origin_iou
 from canon.ops.nms import HAS_NUMBA, batched_nms, nms, soft_nms
 from canon.ops.roi import MultiScaleRoIAlign, assign_fpn_levels, roi_align, roi_pool
 
@@ -17,4 +18,5 @@ __all__ = [
     "nms", "batched_nms", "soft_nms", "HAS_NUMBA",
     "roi_align", "roi_pool", "assign_fpn_levels", "MultiScaleRoIAlign",
     "AnchorGenerator", "Matcher", "BalancedPositiveNegativeSampler",
+    "kmeans_anchors", "mean_best_iou", "origin_iou", "KMeansAnchors",
 ]
