@@ -8,7 +8,12 @@ spec                   what it is
 ``fashion-mnist``      Fashion-MNIST, same layout, 10 clothing classes
 ``cifar10``            CIFAR-10 python batches, 50,000 / 10,000 32x32 RGB images
 ``mnist-folder:PATH``  any folder of MNIST-format IDX files (``train-*``, ``t10k-*``)
-``imagefolder:PATH``   class-per-folder images (``PATH/train`` + ``PATH/test``, or a fixed 80/20 split)
+``imagefolder:PATH``   class-per-folder images: ``PATH/train`` + ``PATH/test``, or class folders in
+                       ``PATH`` or in ``PATH/train`` alone with a fixed 80/20 split;
+                       ``imagefolder:PATH?val=N`` holds out a fixed, class-stratified N of the
+                       training images as the test split instead, the rest is train (``?val=5000``
+                       on CIFAR-10's 50,000: the ResNet paper's 45k/5k split); see
+                       :mod:`canon.data.imagefolder`
 =====================  ==========================================================================
 
 Segmentation specs (``isbi-membrane:DIR``, ``voc-seg:DIR``, ``coco-seg:DIR``, ``coco-person:DIR``)
@@ -23,7 +28,7 @@ from canon.data.core import SPLITS, data_error
 
 __all__ = ["build_dataset", "list_datasets", "DATASETS"]
 
-DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "mnist-folder:PATH", "imagefolder:PATH",
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10", "mnist-folder:PATH", "imagefolder:PATH[?val=N]",
             "isbi-membrane:DIR", "voc-seg:DIR", "coco-seg:DIR[?categories=A,B]", "coco-person:DIR",
             "voc:DIR", "voc-xml:DIR", "coco:DIR", "coco:ANNOTATIONS_JSON:IMAGE_DIR")  # detection: canon.data.detection
 _PATH_KINDS = ("mnist-folder", "imagefolder")
@@ -43,6 +48,8 @@ def build_dataset(spec: str, split: str = "train", data_dir: str | Path | None =
     from there and never downloaded. Without it the files live in ``~/.cache/canon/<name>``
     (``$CANON_DATA_DIR/<name>`` when set) and are downloaded there when missing and ``download``.
     For ``mnist-folder:PATH`` and ``imagefolder:PATH`` the folder is part of the spec.
+    ``imagefolder:PATH?val=N`` makes ``"test"`` a fixed, class-stratified draw of ``N`` training
+    images (the same on every call) and ``"train"`` the other training images.
 
     Returns a dataset with ``info`` (:class:`~canon.data.DatasetInfo`), ``targets`` (1-D long
     tensor) and ``ds[i] -> (float image [C, H, W] in [0, 1], int label)``. Raises ``DataError``
@@ -62,7 +69,8 @@ def build_dataset(spec: str, split: str = "train", data_dir: str | Path | None =
     if kind in _PATH_KINDS:
         if not path:
             raise data_error(None, f"a folder after the colon, as in {kind}:PATH", found=repr(spec))
-        if data_dir is not None and Path(data_dir).expanduser().resolve() != Path(path).expanduser().resolve():
+        folder = path.partition("?")[0]  # imagefolder:PATH?val=N
+        if data_dir is not None and Path(data_dir).expanduser().resolve() != Path(folder).expanduser().resolve():
             raise data_error(None, f"no --data-dir for {kind} (the folder is in the name)",
                              found=f"--data-dir {data_dir} besides {spec}")
     elif sep:
@@ -85,8 +93,9 @@ def build_dataset(spec: str, split: str = "train", data_dir: str | Path | None =
         from canon.data.mnist import build_mnist_folder
         return build_mnist_folder(path, split)
     if kind == "imagefolder":
-        from canon.data.imagefolder import build_imagefolder
-        return build_imagefolder(path, split)
+        from canon.data.imagefolder import build_imagefolder, parse_imagefolder_options
+        folder, _, query = path.partition("?")
+        return build_imagefolder(folder, split, **parse_imagefolder_options(query, spec))
 
     names = [d.split(":")[0] for d in DATASETS]
     close = difflib.get_close_matches(kind, names, n=3, cutoff=0.5)
