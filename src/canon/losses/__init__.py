@@ -11,4 +11,8 @@ from canon.losses.functional import __all__ as _functional_all
 from canon.losses.modules import *  # noqa: F401,F403
 from canon.losses.modules import __all__ as _modules_all
 
-__all__ = ["functional", *_functional_all, *_modules_all]
+from canon.losses import generative
+from canon.losses.generative import *  # noqa: F401,F403
+from canon.losses.generative import __all__ as _generative_all
+
+__all__ = ["functional", "generative", *_functional_all, *_modules_all, *_generative_all]

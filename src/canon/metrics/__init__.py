@@ -23,3 +23,9 @@ __all__ = [
     "normalize_answer", "squad_exact_match", "squad_f1", "squad_evaluate", "corpus_bleu", "bleu", "rouge_l",
 ]
 
+# generative models
+from canon.metrics.generative import (bits_per_dimension, class_shares, feature_statistics,  # noqa: E402
+                                      frechet_distance, frechet_distance_from_features, mode_coverage)
+
+__all__ += ["feature_statistics", "frechet_distance", "frechet_distance_from_features", "class_shares",
+            "mode_coverage", "bits_per_dimension"]
