@@ -1,8 +1,8 @@
 """canon.layers"""
 from canon.layers.attention import MultiHeadAttention, SelfAttention, scaled_dot_product_attention  # noqa: F401
 from canon.layers.conv import (  # noqa: F401
-    Conv2d, ConvTranspose2d, DepthwiseSeparableConv2d, ResizeConv2d, conv1x1, conv2d, conv_output_size,
-    conv_transpose2d, conv_transpose_output_size,
+    Conv2d, ConvTranspose2d, DepthwiseSeparableConv1d, DepthwiseSeparableConv2d, ResizeConv2d, conv1x1, conv2d,
+    conv_output_size, conv_transpose2d, conv_transpose_output_size,
 )
 from canon.layers.deform_conv import DeformConv2d, bilinear_gather, deform_conv2d, deform_sampling_points  # noqa: F401
 from canon.layers.recurrent import GRU, LSTM, RNN, gru_cell, lstm_cell, rnn_relu_cell, rnn_tanh_cell  # noqa: F401

@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "conv_output_size", "conv_transpose_output_size", "conv2d", "conv_transpose2d",
-    "Conv2d", "ConvTranspose2d", "conv1x1", "DepthwiseSeparableConv2d", "ResizeConv2d",
+    "Conv2d", "ConvTranspose2d", "conv1x1", "DepthwiseSeparableConv2d", "DepthwiseSeparableConv1d", "ResizeConv2d",
 ]
 
 
@@ -231,6 +231,34 @@ class DepthwiseSeparableConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pointwise(self.depthwise(x))  # (N, C_in, H', W') -> (N, C_out, H', W')
+
+
+class DepthwiseSeparableConv1d(nn.Module):
+    """The 1-D form over sequences (QANet's encoder blocks): depthwise k-tap then pointwise.
+
+    x (N, C_in, L) -> (N, C_out, L') with "same" length for an odd kernel and the default
+    ``padding = kernel_size // 2``. Weights ``depthwise.weight`` (C_in, 1, k) and
+    ``pointwise.weight`` (C_out, C_in, 1) in ``nn.Conv1d``'s layout. Unlike the 2-D reference
+    layers above it runs torch's fused ``nn.Conv1d`` (with ``groups = C_in`` for the depthwise
+    part), since sequence models call it in every block.
+    """
+
+    def __init__(self, in_chans: int, out_chans: int, kernel_size: int = 7, *, padding: int | None = None,
+                 bias: bool = True) -> None:
+        super().__init__()
+        if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size < 1:
+            raise ValueError(f"kernel_size must be a positive int, got {kernel_size!r}")
+        padding = kernel_size // 2 if padding is None else padding
+        if not isinstance(padding, int) or padding < 0:
+            raise ValueError(f"padding must be a non-negative int or None, got {padding!r}")
+        self.depthwise = nn.Conv1d(in_chans, in_chans, kernel_size, padding=padding, groups=in_chans, bias=False)
+        self.pointwise = nn.Conv1d(in_chans, out_chans, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() != 3 or x.shape[1] != self.depthwise.in_channels:
+            raise ValueError(f"DepthwiseSeparableConv1d expects (N, {self.depthwise.in_channels}, L), "
+                             f"got {tuple(x.shape)}")
+        return self.pointwise(self.depthwise(x))  # (N, C_in, L) -> (N, C_out, L')
 
 
 class ConvTranspose2d(nn.Module):
