@@ -162,6 +162,14 @@ def test_fpn_level_rule():
     assert want == [2, 2, 3, 3, 4, 5, 5, 5]
 
 
+def test_fpn_level_rule_adds_eps_after_the_log_as_torchvision():
+    """torchvision's LevelMapper: floor(k0 + log2(s / s0) + eps); a side just under 112 stays on level 2."""
+    side = 112.0 * (1 - 1.5e-6)  # log2(side / 224) = -1 - 2.2e-6: + 1e-6 is still below -1
+    boxes = torch.tensor([[0.0, 0.0, side, side], [5.0, 5.0, 5.0, 9.0]], dtype=torch.float64)
+    want = [min(max(math.floor(4 + math.log2(side / 224) + 1e-6), 2), 5), 2]  # zero area -> k_min
+    assert assign_fpn_levels(boxes, 2, 5).tolist() == want == [2, 2]
+
+
 def test_multi_scale_roi_align_pools_each_box_from_its_level():
     g = torch.Generator().manual_seed(12)
     image_size = (256, 320)

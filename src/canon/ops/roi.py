@@ -295,13 +295,17 @@ def roi_pool(input: Tensor, boxes, output_size, spatial_scale: float = 1.0) -> T
 
 def assign_fpn_levels(boxes: Tensor, k_min: int, k_max: int, canonical_scale: float = 224.0,
                       canonical_level: int = 4, eps: float = 1e-6) -> Tensor:
-    """FPN eq. (1): level k = floor(k0 + log2(sqrt(w h) / 224)) clamped to [k_min, k_max]; boxes [K, 4] -> [K] int64."""
+    """FPN eq. (1): level k = floor(k0 + log2(sqrt(w h) / 224)) clamped to [k_min, k_max]; boxes [K, 4] -> [K] int64.
+
+    ``eps`` is added after the logarithm, as torchvision's ``LevelMapper`` does (a zero-area box
+    has log2(0) = -inf and goes to ``k_min``).
+    """
     if boxes.ndim != 2 or boxes.shape[1] != 4:
         raise ValueError(f"boxes must have shape [K, 4], got {tuple(boxes.shape)}")
     if k_min > k_max:
         raise ValueError(f"k_min must be <= k_max, got {k_min} > {k_max}")
     area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    levels = torch.floor(canonical_level + torch.log2(torch.sqrt(area.clamp(min=0)) / canonical_scale + eps))
+    levels = torch.floor(canonical_level + torch.log2(torch.sqrt(area.clamp(min=0)) / canonical_scale) + eps)
     return levels.clamp(min=k_min, max=k_max).to(torch.int64)
 
 

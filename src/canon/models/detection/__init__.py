@@ -1,2 +1,6 @@
 """Object detectors, one file per family. Each import registers that family's names."""
 # Add one line per family file.
+from canon.models.detection import yolo  # noqa: F401
+from canon.models.detection import faster_rcnn  # noqa: F401
+from canon.models.detection import ssd  # noqa: F401
+from canon.models.detection import retinanet  # noqa: F401
