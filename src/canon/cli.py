@@ -247,23 +247,12 @@ def cmd_predict(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from canon.tasks import train
+    from canon.tasks import task_class
 
-    out = args.out or "runs/demo-lenet5-digits"
-    print("canon demo: training lenet5 on scikit-learn's digits (1,797 real 8x8 scans, upscaled to 32x32)",
-          file=sys.stderr)
-    import torch
-
-    # LeNet-5 on 32x32 is too small to split across threads: one thread is as fast on an idle
-    # machine and many times faster on a busy one, where threads wait for each other.
-    torch.set_num_threads(1)
-    started = time.perf_counter()
-    metrics = train("lenet5", data="digits", epochs=12, batch_size=32, lr=0.05, optimizer="sgd", scheduler="cosine",
-                    weight_decay=5e-4, seed=0, out=out, progress=not args.quiet)
-    seconds = time.perf_counter() - started
-    print(f"lenet5 on digits: test accuracy {metrics['test_accuracy']:.4f} "
-          f"after {metrics['epochs']} epochs in {seconds:.1f} s (run folder: {out})")
-    return 0
+    demo = task_class(args.task).demo
+    if demo is None:
+        raise UserError(f"the {args.task} task has no demo yet")
+    return demo(out=args.out, quiet=args.quiet)
 
 
 # ------------------------------------------------------------------------------------ parser
@@ -311,10 +300,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
 
-    p = sub.add_parser("demo", help="train lenet5 on the bundled digits and print the test accuracy")
+    from canon.tasks import all_task_classes
+
+    tasks = all_task_classes()
+    p = sub.add_parser("demo", help="a demo that needs no download: classification (default) trains lenet5 on "
+                                    "the bundled digits and prints the test accuracy")
+    p.add_argument("task", nargs="?", default="classification",
+                   choices=[name for name, cls in tasks.items() if cls.demo is not None])
     p.add_argument("--out")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
+
+    # subcommands of the tasks themselves (canon sample, canon translate, ...)
+    for cls in tasks.values():
+        for command in cls.cli_commands():
+            p = sub.add_parser(command.name, help=command.help)
+            command.add_arguments(p)
+            p.set_defaults(func=command.run)
     return parser
 
 

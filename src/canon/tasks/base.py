@@ -14,12 +14,25 @@ from canon.engine.optim import build_optimizer, build_scheduler
 from canon.engine.step import StepContext
 from canon.engine.trainer import RunInfo, TaskData
 
-__all__ = ["Task", "NoOptions", "TaskData", "RunInfo"]
+__all__ = ["Task", "NoOptions", "TaskData", "RunInfo", "CliCommand"]
 
 
 @dataclass
 class NoOptions:
     """A task without options of its own."""
+
+
+@dataclass(frozen=True)
+class CliCommand:
+    """A ``canon`` subcommand a task adds (``canon sample``, ``canon translate``...): its name, its
+    one-line help, a function that adds its arguments to an ``argparse`` parser, and the function
+    that runs it (returns the exit code; raise ``ValueError``/``canon.data.DataError`` for a
+    user's mistake, which the CLI prints as one line)."""
+
+    name: str
+    help: str
+    add_arguments: Callable[[Any], None]
+    run: Callable[[Any], int]
 
 
 class Task:
@@ -144,3 +157,11 @@ class Task:
                 topk: int = 5, device: torch.device | None = None) -> list[dict[str, Any]]:
         """``canon predict``: one result dict per input."""
         raise NotImplementedError(f"the {self.name} task has no `canon predict` yet")
+
+    # ------------------------------------------------------------------ the command line
+    @classmethod
+    def cli_commands(cls) -> list[CliCommand]:
+        """Subcommands this task adds to ``canon`` (none by default)."""
+        return []
+
+    demo: ClassVar[Callable[..., int] | None] = None  # ``canon demo TASK``: demo(out=None, quiet=False) -> exit code
