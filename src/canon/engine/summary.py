@@ -89,7 +89,8 @@ def example_inputs(model: nn.Module, input_shape: tuple[int, ...] | None) -> tup
     if not input_shape:
         raise ValueError(f"{type(model).__name__} takes no image input and has no example_inputs(); "
                          "give an input shape")
-    return (torch.zeros(*input_shape),)
+    parameter = next(model.parameters(), None)
+    return (torch.zeros(*input_shape, device=parameter.device if parameter is not None else None),)
 
 
 def _input_shape(inputs: tuple) -> tuple:
