@@ -144,6 +144,7 @@ TASKS: dict[str, type[Task]] = {}
 _BUILTIN = {
     "classification": ("canon.tasks.classification", "ClassificationTask"),
     "segmentation": ("canon.tasks.segmentation", "SegmentationTask"),
+    "generation": ("canon.tasks.generation", "GenerationTask"),
     "reading": ("canon.tasks.reading", "ReadingTask"),
     "detection": ("canon.tasks.detection", "DetectionTask"),
 }
