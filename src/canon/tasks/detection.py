@@ -592,12 +592,12 @@ class DetectionTask(Task):
                 ax.plot(recall, precision, label="precision")
                 envelope = np.maximum.accumulate(precision[::-1])[::-1]
                 ax.plot(recall, envelope, linestyle="--", label="envelope (all-point AP)")
+                ax.legend(loc="lower left")
             ax.set_xlim(0, 1)
             ax.set_ylim(0, 1.02)
             ax.set_xlabel("recall")
             ax.set_ylabel("precision")
             ax.set_title(f"{name}: AP {curve['ap']:.3f}, VOC07 AP {curve['ap07']:.3f} (IoU 0.5)")
-            ax.legend(loc="lower left")
             path = out_dir / f"pr_{_safe_name(name)}.png"
             atomic_write_bytes(path, _figure_bytes(fig))
             written.append(str(path))
