@@ -306,3 +306,21 @@ def test_recall_on_raccoon_images_matches_opencv_at_500px(shared_data):
     assert (ours >= 0.5).mean() >= (theirs >= 0.5).mean() - 1e-9
     assert ours.mean() >= theirs.mean() - 0.03, (ours.mean(), theirs.mean())
     assert (ours >= 0.5).mean() >= 0.9
+
+
+def test_proposals_are_memoised_by_content_and_mirrored_for_flipped_images(tmp_path):
+    labels, image = tiny_segmentation()
+    tensor = torch.from_numpy(np.kron(image, np.ones((4, 4, 1)))).permute(2, 0, 1).float().contiguous()  # 40 x 48
+    search = SelectiveSearch(mode="single", max_side=None, cache_dir=str(tmp_path))
+    first = search(tensor)
+    assert search.searches == 1 and torch.equal(search(tensor), first) and search.searches == 1
+    assert len(list(tmp_path.glob("*.npy"))) == 1
+    mirrored = search(tensor.flip(-1))  # Fast R-CNN's flipped images: the original's boxes, mirrored
+    assert search.searches == 1
+    torch.testing.assert_close(mirrored, torch.stack([48 - first[:, 2], first[:, 1], 48 - first[:, 0], first[:, 3]], 1))
+    fresh = SelectiveSearch(mode="single", max_side=None, cache_dir=str(tmp_path))  # another run, same folder
+    assert torch.equal(fresh(tensor), first) and fresh.searches == 0
+    other = SelectiveSearch(mode="single", max_side=None, max_proposals=3, cache_dir=str(tmp_path))
+    assert len(other(tensor)) == 3 and other.searches == 1  # another configuration is another key
+    direct = selective_search(tensor, mode="single", max_side=None)[:2000]
+    assert torch.equal(first, direct)

@@ -402,12 +402,17 @@ def selective_search(image, *, mode: str = "fast", strategies: Sequence[Strategy
 class SelectiveSearch:
     """A configured selective search, callable on an image: ``SelectiveSearch(mode="fast")(image) -> [N, 4]``.
 
-    ``max_proposals`` keeps the best-ranked N boxes (R-CNN's ~2,000); a plain object, not a module.
+    ``max_proposals`` keeps the best-ranked N boxes (R-CNN's ~2,000). Proposals depend on the image
+    alone, so they are memoised by the image's content (a SHA-1 of its pixels and of this
+    configuration), in memory and, with ``cache_dir``, as one ``.npy`` file per image: R-CNN and
+    Fast R-CNN precompute them once the same way. An image whose horizontal mirror is cached gets
+    the mirrored boxes (Fast R-CNN's flipped training images do the same), so flip augmentation
+    needs no new search. ``searches`` / ``search_seconds`` count the searches actually run.
     """
 
     def __init__(self, *, mode: str = "fast", strategies: Sequence[Strategy] | None = None, sigma: float = 0.8,
                  max_side: int | None = 500, min_box_size: float = 0.0, max_proposals: int | None = 2000,
-                 seed: int = 0):
+                 seed: int = 0, cache_dir: str | None = None):
         if strategies is None:
             strategies_for_mode(mode)  # checks the name now, not at the first image
         if max_proposals is not None and (not isinstance(max_proposals, int) or max_proposals < 1):
@@ -416,12 +421,64 @@ class SelectiveSearch:
             raise ValueError(f"max_side must be an int >= 2 or None, got {max_side!r}")
         self.mode, self.strategies, self.sigma, self.max_side = mode, strategies, float(sigma), max_side
         self.min_box_size, self.max_proposals, self.seed = float(min_box_size), max_proposals, int(seed)
+        self.cache_dir = cache_dir
+        self._memo: dict[str, Tensor] = {}
+        self.searches, self.search_seconds = 0, 0.0
+
+    def _key(self, pixels: np.ndarray) -> str:
+        import hashlib
+
+        digest = hashlib.sha1(repr(self).encode())
+        digest.update(repr((pixels.shape, str(pixels.dtype))).encode())
+        digest.update(np.ascontiguousarray(pixels).tobytes())
+        return digest.hexdigest()
+
+    def _lookup(self, key: str) -> Tensor | None:
+        if key in self._memo:
+            return self._memo[key]
+        if self.cache_dir is not None:
+            from pathlib import Path
+
+            path = Path(self.cache_dir) / f"{key}.npy"
+            if path.is_file():
+                self._memo[key] = torch.from_numpy(np.load(path))
+                return self._memo[key]
+        return None
+
+    def _store(self, key: str, boxes: Tensor) -> None:
+        self._memo[key] = boxes
+        if self.cache_dir is not None:
+            import os
+            from pathlib import Path
+
+            folder = Path(self.cache_dir)
+            folder.mkdir(parents=True, exist_ok=True)
+            temporary = folder / f".{key}.{os.getpid()}.npy"
+            np.save(temporary, boxes.numpy())
+            os.replace(temporary, folder / f"{key}.npy")  # atomic: a reader never sees half a file
 
     def __call__(self, image) -> Tensor:
+        pixels = image.detach().cpu().numpy() if isinstance(image, Tensor) else np.asarray(image)
+        key = self._key(pixels)
+        cached = self._lookup(key)
+        if cached is not None:
+            return cached.clone()
+        width = pixels.shape[-1] if isinstance(image, Tensor) else pixels.shape[1]
+        mirror = self._lookup(self._key(pixels[..., ::-1] if isinstance(image, Tensor) else pixels[:, ::-1]))
+        if mirror is not None:  # x1' = W - x2, x2' = W - x1
+            return torch.stack([width - mirror[:, 2], mirror[:, 1], width - mirror[:, 0], mirror[:, 3]], dim=1)
+        import time
+
+        start = time.perf_counter()
         boxes = selective_search(image, mode=self.mode, strategies=self.strategies, sigma=self.sigma,
                                  max_side=self.max_side, min_box_size=self.min_box_size, seed=self.seed)
-        return boxes[: self.max_proposals] if self.max_proposals is not None else boxes
+        boxes = boxes[: self.max_proposals] if self.max_proposals is not None else boxes
+        self.search_seconds += time.perf_counter() - start
+        self.searches += 1
+        self._store(key, boxes)
+        return boxes.clone()
 
     def __repr__(self) -> str:
-        return (f"SelectiveSearch(mode={self.mode!r}, max_side={self.max_side}, max_proposals={self.max_proposals}, "
+        return (f"SelectiveSearch(mode={self.mode!r}, strategies={self.strategies!r}, sigma={self.sigma}, "
+                f"max_side={self.max_side}, min_box_size={self.min_box_size}, max_proposals={self.max_proposals}, "
                 f"seed={self.seed})")
