@@ -3,6 +3,8 @@
 The reference is the machine itself: the float32 matrix-multiply GFLOP/s measured in the same
 run (a large ``torch.mm``), so the table says what fraction of the machine's peak each model
 reaches. Absolute numbers on shared machines are noise; the ratio is the figure to read.
+The timing, multiply-add count and training step are canon.bench's (what ``canon bench`` uses);
+``canon bench`` adds the other execution modes and the onnxruntime comparison.
 
     python benchmarks/bench_models.py                       # every classification model
     python benchmarks/bench_models.py --pattern 'resnet*' --batch-sizes 1 32
@@ -11,46 +13,23 @@ reaches. Absolute numbers on shared machines are noise; the ratio is the figure 
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
-import torch.nn.functional as F
 
 import canon
-from canon.engine.summary import summarize
+from canon.bench import matmul_gflops, model_macs, time_call, train_step
+from canon.bench import _loss as _bench_loss
 
-
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t)
-    return 2 * n ** 3 / min(times) / 1e9
+__all__ = ["matmul_gflops", "bench", "_time", "_loss"]  # bench_segmentation.py imports the last two
 
 
 def _time(fn, repeats: int, min_seconds: float = 0.5, warmup: bool = True) -> float:
-    if warmup:
-        fn()  # first call: allocator and kernel selection
-    times = []
-    start = time.perf_counter()
-    while len(times) < repeats or (time.perf_counter() - start < min_seconds and len(times) < 50):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    """Median seconds of ``fn()`` (``canon.bench.time_call``, one warm-up call unless ``warmup=False``)."""
+    return time_call(fn, repeats=repeats, min_seconds=min_seconds, warmup=1 if warmup else 0)
 
 
-def _loss(output, num_classes):
-    if isinstance(output, dict):
-        output = output.get("logits", output.get("out"))
-    if output.dim() == 4:  # dense prediction
-        target = torch.zeros(output.shape[0], *output.shape[2:], dtype=torch.long)
-        return F.cross_entropy(output, target)
-    return F.cross_entropy(output, torch.zeros(output.shape[0], dtype=torch.long))
+def _loss(output, num_classes=None):
+    return _bench_loss(output)
 
 
 def bench(name: str, batch_sizes: list[int], input_size: int | None, repeats: int, peak: float) -> list[dict]:
@@ -59,7 +38,7 @@ def bench(name: str, batch_sizes: list[int], input_size: int | None, repeats: in
     c, h, w = info.input_size
     if input_size:
         h = w = input_size
-    macs = summarize(model, (1, c, h, w)).macs
+    macs = model_macs(model, (1, c, h, w))
     rows = []
     for i, bs in enumerate(batch_sizes):
         # the first (smallest) batch warms the model up; later ones skip a second warm-up call,
@@ -73,16 +52,8 @@ def bench(name: str, batch_sizes: list[int], input_size: int | None, repeats: in
                 model(x)
 
         fwd = _time(forward, repeats, warmup=warmup)
-        model.train()
-        opt = torch.optim.SGD(model.parameters(), lr=1e-4)
-
-        def step():
-            opt.zero_grad(set_to_none=True)
-            _loss(model(x), info.num_classes).backward()
-            opt.step()
-
         try:
-            trn = _time(step, repeats, warmup=warmup)
+            trn = _time(train_step(model, x), repeats, warmup=warmup)
         except ValueError:  # e.g. batch norm on a 1x1 map with batch 1 has no statistics
             trn = float("nan")
         fwd_gflops = 2 * macs * bs / fwd / 1e9

@@ -14,9 +14,9 @@ from canon.registry import create_model, list_models, model_info, register_model
 
 __version__ = "0.1.0"
 __all__ = ["create_model", "list_models", "model_info", "register_model", "train", "export_onnx", "__version__",
-           "data", "engine", "layers", "losses", "metrics", "models", "ops", "tasks"]
+           "data", "engine", "layers", "losses", "metrics", "models", "ops", "tasks", "weights", "export", "bench"]
 
-_SUBPACKAGES = ("data", "engine", "layers", "losses", "metrics", "models", "ops", "tasks")
+_SUBPACKAGES = ("data", "engine", "layers", "losses", "metrics", "models", "ops", "tasks", "weights", "export", "bench")
 _FUNCTIONS = {"train": ("canon.tasks", "train"), "export_onnx": ("canon.export", "export_onnx")}
 
 

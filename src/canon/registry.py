@@ -9,7 +9,9 @@ A family file ends with its registered constructors::
 
 ``create_model`` checks every keyword argument against the model class's constructor
 before calling it, so a typo fails at once with the list of valid names; an unknown model
-name fails with the closest registered names.
+name fails with the closest registered names. ``create_model(name, weights=...)`` loads a
+released checkpoint (``"torchvision"``, ``"timm"``), a file or an ``https://`` URL through
+:mod:`canon.weights`.
 """
 from __future__ import annotations
 
@@ -110,17 +112,42 @@ def model_info(name: str) -> ModelInfo:
     return _REGISTRY[name]
 
 
-def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model; unknown keyword arguments are rejected before construction."""
+def create_model(name: str, weights: str | None = None, **kwargs) -> nn.Module:
+    """Build a registered model; unknown keyword arguments are rejected before construction.
+
+    ``weights``: ``None`` (fresh initialisation), ``"torchvision"`` or ``"timm"`` (that
+    publisher's default checkpoint for ``name``; ``"torchvision:IMAGENET1K_V1"`` picks a tagged
+    one), a local file (``.safetensors`` or ``.pth``) or an ``https://`` URL. The checkpoint is
+    downloaded into the cache and hash-checked, its keys renamed where the publisher's old
+    names need it, and loaded strictly; a different ``num_classes`` keeps everything but the
+    classifier (with a warning). The model then carries ``canon_preprocessing`` (resize, crop,
+    interpolation, mean, std and the class-name set, or ``None`` when the file records none)
+    and ``canon_weights`` (where the weights came from and what loading changed).
+    """
     info = model_info(name)
     valid = info.valid_kwargs()
     unknown = [k for k in kwargs if k not in valid]
     if unknown:
         raise TypeError(f"{name}: unknown argument(s) {', '.join(unknown)}; "
                         f"valid arguments are: {', '.join(valid)}")
+    state = meta = None
+    if weights is not None:
+        from canon.weights import load_released_weights
+
+        state, meta = load_released_weights(name, weights)  # fetched and read before building the model
+        kwargs = {**meta["model_kwargs"], **kwargs}  # what these weights need, unless the caller overrides
     model = info.constructor(**kwargs)
     model.canon_name = name  # plain attribute: lets checkpoints record how to rebuild the model
     model.canon_kwargs = dict(kwargs)
+    if state is not None:
+        from canon.weights import load_state_dict_strict
+
+        report = load_state_dict_strict(model, state, name=name)
+        preprocessing = meta["preprocessing"]
+        if preprocessing is not None:
+            preprocessing = {**preprocessing, "categories": meta["categories"]}
+        model.canon_preprocessing = preprocessing
+        model.canon_weights = {**meta, "notes": meta["notes"] + report.notes, "load": report.to_dict()}
     return model
 
 

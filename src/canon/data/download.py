@@ -4,6 +4,9 @@ The cache is ``~/.cache/canon/<name>``; the environment variable ``CANON_DATA_DI
 ``~/.cache/canon``. A file is written under a temporary name beside its destination and renamed
 only once its checksum matches, so an interrupted or corrupted download never looks complete.
 Any URL that ``urllib`` opens works as a mirror, ``file://`` included (the tests use that).
+A transfer that ends before the ``Content-Length`` the server announced is a failure, not a
+short file (``urllib`` itself returns the bytes it got without complaint).
+``canon.weights.download`` uses the same function for released checkpoints, with a progress bar.
 """
 from __future__ import annotations
 
@@ -21,7 +24,8 @@ from typing import Callable, Sequence
 
 from canon.data.core import data_error
 
-__all__ = ["default_data_dir", "md5_of_file", "md5_of_gunzipped", "download_file", "md5_checker"]
+__all__ = ["default_data_dir", "md5_of_file", "md5_of_gunzipped", "download_file", "md5_checker",
+           "sha256_of_file"]
 
 log = logging.getLogger("canon.data")
 
@@ -45,6 +49,15 @@ def md5_of_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def sha256_of_file(path: Path) -> str:
+    """Hex SHA-256 of the file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def md5_of_gunzipped(path: Path) -> str | None:
     """Hex md5 of the decompressed content of a gzip file, or ``None`` if it does not gunzip."""
     digest = hashlib.md5(usedforsecurity=False)
@@ -57,13 +70,40 @@ def md5_of_gunzipped(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-def download_file(urls: Sequence[str], dest: Path, verify: Callable[[Path], str | None]) -> Path:
+def _copy_response(response, out, url: str, progress: bool) -> None:
+    """Stream ``response`` into the open file ``out``; a body shorter than its announced
+    ``Content-Length`` raises ``OSError`` (the connection closed mid-transfer)."""
+    length = response.headers.get("Content-Length") if getattr(response, "headers", None) else None
+    total = int(length) if length and length.isdigit() else None
+    received = 0
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=url.rsplit("/", 1)[-1],
+                   leave=False)
+    try:
+        for chunk in iter(lambda: response.read(_CHUNK), b""):
+            out.write(chunk)
+            received += len(chunk)
+            if bar is not None:
+                bar.update(len(chunk))
+    finally:
+        if bar is not None:
+            bar.close()
+    if total is not None and received != total:
+        raise OSError(f"transfer interrupted: received {received:,} of {total:,} bytes")
+
+
+def download_file(urls: Sequence[str], dest: Path, verify: Callable[[Path], str | None], *,
+                  progress: bool = False, hint: str | None = None) -> Path:
     """Fetch ``dest`` from the first of ``urls`` whose content passes ``verify``.
 
     ``verify(path)`` returns ``None`` when the file is right and otherwise a short reason
     (e.g. ``"md5 abc…, expected def…"``). Each mirror is tried in turn; when all fail, a
     ``DataError`` names ``dest`` and lists every URL with why it failed. Nothing is left at
-    ``dest`` unless the check passed.
+    ``dest`` unless the check passed. ``progress``: a tqdm bar on stderr per transfer;
+    ``hint``: the advice that ends the error (default: how to pass a local copy of a dataset).
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -74,8 +114,7 @@ def download_file(urls: Sequence[str], dest: Path, verify: Callable[[Path], str 
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:
-                for chunk in iter(lambda: response.read(_CHUNK), b""):
-                    out.write(chunk)
+                _copy_response(response, out, url, progress)
             problem = verify(tmp)
             if problem is None:
                 os.replace(tmp, dest)
@@ -87,7 +126,7 @@ def download_file(urls: Sequence[str], dest: Path, verify: Callable[[Path], str 
         finally:
             tmp.unlink(missing_ok=True)
     raise data_error(dest, "a download that passes its checksum", found="; ".join(failures) or "no mirrors",
-                     hint="Check the network, or download the file yourself and pass --data-dir")
+                     hint=hint or "Check the network, or download the file yourself and pass --data-dir")
 
 
 def md5_checker(gz_md5: str | None = None, content_md5: str | None = None) -> Callable[[Path], str | None]:
