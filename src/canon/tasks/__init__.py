@@ -147,6 +147,7 @@ _BUILTIN = {
     "generation": ("canon.tasks.generation", "GenerationTask"),
     "reading": ("canon.tasks.reading", "ReadingTask"),
     "detection": ("canon.tasks.detection", "DetectionTask"),
+    "translation": ("canon.tasks.translation", "TranslationTask"),
 }
 
 
