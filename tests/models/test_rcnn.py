@@ -267,3 +267,47 @@ def test_bad_inputs_are_rejected():
         RCNN(warp_size=32)
     with pytest.raises(ValueError, match="positives and negatives"):
         mine_hard_negatives(np.zeros((0, 3)), np.zeros((4, 3)))
+
+
+# ----------------------------------------------------------------------------- through the detection task
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name, extra", [
+    ("rcnn_alexnet", ["--model-arg", "fine_tune_rois_per_image=8", "--model-arg", "max_proposals=20"]),
+    ("sppnet_resnet18", ["--model-arg", "min_size=64", "--model-arg", "max_size=64", "--model-arg",
+                         "representation_size=64"]),
+    ("fast_rcnn_resnet18", ["--model-arg", "min_size=64", "--model-arg", "max_size=64", "--model-arg",
+                            "representation_size=64"]),
+])
+def test_canon_train_eval_predict_round_trip(tmp_path, name, extra):
+    """canon train (2 steps of the CNN stage) -> canon eval (the same figure) -> canon predict, each model
+    with its own selective-search proposals (single strategy on 64 px canvases, to be quick)."""
+    import contextlib
+    import io
+    import json
+
+    from canon.cli import main
+    from canon.tasks.detection import write_digit_canvases
+
+    def run(argv):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main([str(a) for a in argv])
+        return code, out.getvalue(), err.getvalue()
+
+    canvases = write_digit_canvases(tmp_path / "data", num_train=4, num_test=2, size=64, digit_sizes=(16, 28), seed=1)
+    data, out = f"voc-xml:{canvases}", tmp_path / "run"
+    proposals = ["--model-arg", "proposal_mode=single", "--model-arg", "proposal_max_side=64",
+                 "--model-arg", f"proposal_cache={tmp_path / 'ss'}"]
+    code, _, err = run(["train", name, "--data", data, "--epochs", "1", "--max-steps-per-epoch", "2", "--batch-size",
+                        "2", "--lr", "0.001", "--out", out, "--quiet"] + proposals + extra)
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    code, text, err = run(["eval", out, "--data", data, "--json"])
+    assert code == 0, err
+    assert json.loads(text)["test_ap50"] == pytest.approx(metrics["test_ap50"])
+    assert len(list((tmp_path / "ss").glob("*.npy"))) == 6  # one search per image, reused by eval
+    code, text, err = run(["predict", out, canvases / "images" / "test-0000.png", "--save-dir", tmp_path / "p"])
+    assert code == 0, err
+    assert (tmp_path / "p" / "test-0000_detections.png").is_file()
