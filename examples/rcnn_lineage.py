@@ -12,6 +12,9 @@ training split, and ``canon eval`` scores the result. ::
     # 2. the CNN stage, e.g.
     python -m canon train rcnn_alexnet --data voc-xml:../shared/data/raccoon \\
         --model-arg proposal_cache=runs/ss-raccoon --out runs/rcnn-raccoon ...
+    # or, without canon train's closing evaluation (R-CNN's evaluation is the slow part), a time budget:
+    python examples/rcnn_lineage.py fine-tune rcnn_alexnet --data voc-xml:../shared/data/raccoon \\
+        --model-arg proposal_cache=runs/ss-raccoon --minutes 25 --out runs/rcnn-raccoon
 
     # 3. SVMs + box regressors on the fine-tuned features -> RUN/svm.safetensors, then canon eval it
     python examples/rcnn_lineage.py fit-svms runs/rcnn-raccoon --data voc-xml:../shared/data/raccoon
@@ -55,6 +58,76 @@ def proposals(args) -> dict:
             "seconds_per_image": round(search.search_seconds / max(search.searches, 1), 2),
             "mean_proposals": round(sum(counts) / max(len(counts), 1), 1), "cache": args.cache,
             "wall_seconds": round(time.perf_counter() - start, 1)}
+
+
+def fine_tune(args) -> dict:
+    """The CNN stage with plain SGD for ``--minutes`` (the model's loss dict, horizontal flips), -> RUN/last.safetensors."""
+    import ast
+
+    import torch
+
+    from canon.data import build_dataset
+    from canon.engine.checkpoint import save_weights
+    from canon.registry import create_model
+
+    torch.manual_seed(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dataset = build_dataset(args.data, split="train", data_dir=args.data_dir)
+    info = dataset.info
+    kwargs = {"num_classes": info.num_classes}
+    for item in args.model_arg:
+        key, _, value = item.partition("=")
+        try:
+            kwargs[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            kwargs[key] = value
+    model = create_model(args.model, **kwargs)
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9, weight_decay=args.weight_decay)
+    generator = torch.Generator().manual_seed(args.seed)
+    start, steps, seen, losses = time.perf_counter(), 0, 0, []
+    budget = args.minutes * 60
+    model.train()
+    while time.perf_counter() - start < budget:
+        order = torch.randperm(len(dataset), generator=generator).tolist()
+        for first in range(0, len(order) - args.batch_size + 1, args.batch_size):
+            images, targets = [], []
+            for index in order[first:first + args.batch_size]:
+                image, target = dataset[index]
+                if torch.rand((), generator=generator) < 0.5:  # a horizontal flip, boxes with it
+                    width = image.shape[-1]
+                    image = image.flip(-1)
+                    boxes = target["boxes"]
+                    target = {**target, "boxes": torch.stack([width - boxes[:, 2], boxes[:, 1], width - boxes[:, 0],
+                                                              boxes[:, 3]], dim=1)}
+                images.append(image)
+                targets.append({"boxes": target["boxes"], "labels": target["labels"]})
+            warm = min(1.0, (steps + 1) / max(args.warmup_steps, 1))
+            for group in optimizer.param_groups:
+                group["lr"] = args.lr * warm
+            loss = sum(model(images, targets).values())
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optimizer.step()
+            steps, seen = steps + 1, seen + len(images)
+            losses.append(float(loss))
+            if steps % 10 == 0:
+                _log(f"step {steps}: loss {sum(losses[-10:]) / 10:.4f}, {time.perf_counter() - start:.0f} s")
+            if time.perf_counter() - start >= budget:
+                break
+    seconds = time.perf_counter() - start
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from canon.tasks.detection import DetectionTask, input_rule
+
+    task = DetectionTask()  # what canon eval / canon predict read: the task's own checkpoint record
+    task.info, task.rule = info, input_rule(model)
+    extra = {"task": "detection", **task.checkpoint_meta(),
+             "fine_tune": {"steps": steps, "images": seen, "seconds": round(seconds, 1), "lr": args.lr,
+                           "batch_size": args.batch_size, "final_loss": round(sum(losses[-10:]) / max(len(losses[-10:]), 1), 4)}}
+    save_weights(out / "last.safetensors", model, extra=extra)
+    return {"checkpoint": str(out / "last.safetensors"), **extra["fine_tune"]}
 
 
 def fit_svms(args) -> dict:
@@ -118,6 +191,20 @@ def main(argv=None) -> int:
     p.add_argument("--max-proposals", type=int, default=2000)
     p.add_argument("--max-side", type=int, default=500)
     p.set_defaults(run=proposals)
+    p = sub.add_parser("fine-tune", help="the CNN stage for a time budget (no closing evaluation)")
+    p.add_argument("model")
+    p.add_argument("--data", required=True)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--minutes", type=float, required=True)
+    p.add_argument("--batch-size", type=int, default=2)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--warmup-steps", type=int, default=20)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=fine_tune)
     p = sub.add_parser("fit-svms", help="SVMs with hard-negative mining and ridge box regressors")
     p.add_argument("checkpoint")
     p.add_argument("--data", required=True)
