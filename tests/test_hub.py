@@ -415,3 +415,36 @@ def test_preprocess_matches_pillow_resize_and_torchvision_crop():
     assert diff.mean() < 0.5 and diff.max() < 3, (diff.mean(), diff.max())
     with pytest.raises(TypeError, match="recorded none"):
         preprocess(image, None)
+
+
+def test_canon_predict_with_released_weights_applies_their_preprocessing_and_names(server, densenet, monkeypatch,
+                                                                                    tmp_path, capsys):
+    """`canon predict MODEL --weights torchvision IMAGE`: the publisher's resize/crop/normalisation and
+    the 1,000 ImageNet names, checked against running the model on canon.weights.preprocess by hand."""
+    import json
+
+    from PIL import Image
+
+    from canon import cli
+    from canon.weights import class_names, preprocess
+
+    model, data, _ = densenet
+    url = server.add(data, "densenet121")
+    _use_entry(monkeypatch, "densenet121", url, model_kwargs=SMALL_DENSENET)
+    rng = np.random.default_rng(0)
+    image_path = tmp_path / "photo.png"
+    Image.fromarray(rng.integers(0, 255, (300, 260, 3), dtype=np.uint8)).save(image_path)
+    assert cli.main(["predict", "densenet121", "--weights", "torchvision", str(image_path), "--topk", "3",
+                     "--device", "cpu", "--json"]) == 0
+    top = json.loads(capsys.readouterr().out)[0]["top"]
+    entry = next(w for w in loading.RELEASED if w.model == "densenet121" and w.default)
+    x = preprocess(Image.open(image_path), entry.preprocessing)
+    assert tuple(x.shape) == (3, 224, 224)
+    with torch.no_grad():
+        probabilities = model(x[None]).softmax(1)[0]
+    expected = probabilities.topk(3)
+    names = class_names("imagenet-1k")
+    assert [t["class"] for t in top] == [names[i] for i in expected.indices.tolist()]
+    assert [t["probability"] for t in top] == pytest.approx(expected.values.tolist(), abs=2e-3)  # Pillow vs tensors
+    assert cli.main(["predict", "densenet121", str(image_path)]) == 2  # a name without --weights
+    assert "give --weights" in capsys.readouterr().err

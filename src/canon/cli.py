@@ -217,7 +217,7 @@ def cmd_eval(args) -> int:
     from canon.tasks import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, data=args.data, data_dir=args.data_dir,
-                                 out_dir=args.out, batch_size=args.batch_size, device=args.device)
+                                 out_dir=args.out, batch_size=args.batch_size, device=args.device, weights=args.weights)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -232,7 +232,7 @@ def cmd_predict(args) -> int:
     from canon.tasks import predict_images
 
     results = predict_images(args.checkpoint, args.inputs, topk=args.topk, save_dir=args.save_dir,
-                             device=args.device)
+                             device=args.device, weights=args.weights)
     if args.json:
         print(json.dumps(results, indent=2))
     else:
@@ -243,6 +243,57 @@ def cmd_predict(args) -> int:
             for key in ("overlay", "areas"):
                 if key in r:
                     print(f"  {key}: {r[key]}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    import canon
+    from canon.engine.options import parse_size
+    from canon.tasks import load_for_inference
+
+    if args.format != "onnx":
+        raise UserError(f"--format {args.format}: only onnx is supported")
+    path = Path(args.target)
+    if not path.exists() and "/" not in args.target and not path.suffix and args.weights is None:
+        canon.model_info(args.target)  # a typo gets the closest names
+        model, name = canon.create_model(args.target), args.target  # an untrained model: the graph alone
+        default_out = Path(f"{args.target}.onnx")
+    else:
+        model, meta = load_for_inference(args.target, args.weights)
+        name = meta["model"]
+        default_out = (Path(meta["path"]).parent / f"{name}.onnx") if args.weights is None else Path(f"{name}.onnx")
+    input_shape = None
+    try:
+        size = parse_size(args.input_size)
+    except argparse.ArgumentTypeError as e:
+        raise UserError(f"--input-size {e}") from None
+    if size is not None:
+        info = canon.model_info(name)
+        input_shape = (1, model.canon_kwargs.get("in_chans", info.input_size[0]), *size)
+    result = canon.export_onnx(model.eval(), args.out or default_out, input_shape=input_shape, opset=args.opset,
+                               dynamic_batch=args.dynamic_batch, check=args.check)
+    report = result.to_dict()
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"wrote {result.path} (opset {result.opset}, input {list(result.input_shape)}, "
+              f"{'dynamic' if result.dynamic_batch else 'fixed'} batch)")
+        if result.max_abs_diff is not None:
+            agreement = "" if result.argmax_agreement is None else f", argmax agreement {result.argmax_agreement:.4f}"
+            print(f"onnxruntime vs PyTorch: max |difference| {result.max_abs_diff:.2e}{agreement}")
+    return 0
+
+
+def cmd_bench(args) -> int:
+    from canon import bench
+
+    def show(rows, infos):
+        if not args.json:
+            print(bench.format_table(rows, infos), flush=True)
+
+    rows, infos = bench.run(args, on_result=show)
+    if args.json:
+        print(json.dumps({"rows": rows, "runs": infos}, indent=2, default=str))
     return 0
 
 
@@ -288,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--out", help="where eval.json and figures go (default: the run folder)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto (cuda when available), cpu or cuda")
+    p.add_argument("--weights", help="evaluate a registered model with released weights (torchvision, timm, a file, "
+                                     "a URL) instead of a run folder")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_eval)
 
@@ -297,8 +350,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=5)
     p.add_argument("--save-dir", help="where overlays go (segmentation)")
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto (cuda when available), cpu or cuda")
+    p.add_argument("--weights", help="predict with a registered model and released weights (torchvision, timm, a "
+                                     "file, a URL): canon predict resnet50 --weights torchvision cat.jpg")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="write a run's model (or a registered model) as ONNX and check it in onnxruntime")
+    p.add_argument("target", metavar="RUN_OR_MODEL", help="a run folder, a checkpoint, or a registered model name")
+    p.add_argument("--format", default="onnx", choices=("onnx",))
+    p.add_argument("--out", help="the .onnx file (default: MODEL.onnx in the run folder, or here)")
+    p.add_argument("--opset", type=int, help="ONNX opset (default: torch's)")
+    p.add_argument("--dynamic-batch", action="store_true", help="a symbolic batch dimension")
+    p.add_argument("--check", action=argparse.BooleanOptionalAction, default=True,
+                   help="compare onnxruntime with PyTorch on real inputs (default: on)")
+    p.add_argument("--input-size", help="H,W (default: the run's or the model's)")
+    p.add_argument("--weights", help="with a model name: released weights to export (torchvision, timm, a file, a URL)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
+
+    from canon import bench as bench_module
+
+    p = sub.add_parser("bench", help="images/s and GFLOP/s beside the matmul rate and onnxruntime, in one run")
+    bench_module.add_arguments(p)
+    p.set_defaults(func=cmd_bench)
 
     from canon.tasks import all_task_classes
 

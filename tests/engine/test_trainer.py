@@ -178,3 +178,17 @@ def test_eval_every_evaluates_on_its_epochs_and_after_the_last(tmp_path):
     assert metrics["test_accuracy"] == pytest.approx(float(rows[-1]["test_accuracy"]))
     with pytest.raises(ValueError, match="--eval-every must be a whole number of epochs >= 1, got 0"):
         _config(tmp_path / "zero", eval_every=0)
+
+
+def test_weights_start_a_run_from_a_file_in_torchvision_format(tmp_path):
+    """--weights FILE.pth: the run starts from those weights (lr 0: it ends with them, bit for bit)."""
+    import canon
+
+    torch.manual_seed(5)
+    start = canon.create_model("lenet5", num_classes=10, in_chans=1).state_dict()
+    torch.save(start, tmp_path / "lenet5-start.pth")  # what torchvision publishes: torch.save of a state_dict
+    _train(_config(tmp_path, epochs=1, max_steps_per_epoch=2, lr=0.0, momentum=0.0, weight_decay=0.0,
+                   weights=str(tmp_path / "lenet5-start.pth")))
+    end, meta = load_weights(tmp_path / "run" / "last.safetensors")
+    assert end.keys() == start.keys() and all(torch.equal(end[k], start[k]) for k in start)
+    assert "weights: " in (tmp_path / "run" / "config.yaml").read_text()

@@ -45,6 +45,9 @@ class TrainConfig:
     data: str = option("digits", "dataset spec: digits | mnist | fashion-mnist | cifar10 | imagefolder:PATH | "
                                  "isbi-membrane:DIR | ... (canon.data.build_dataset)")
     data_dir: str | None = option(None, "folder holding the dataset's files (mnist, fashion-mnist, cifar10)")
+    weights: str | None = option(None, "start from released weights (torchvision, timm, torchvision:TAG), a file or "
+                                       "an https:// URL (fine-tuning; a different class count keeps all but the "
+                                       "classifier)")
     model_kwargs: dict[str, Any] = option(
         None, "model option, repeatable, e.g. --model-arg small_input=True", flag="--model-arg",
         metavar="K=V", action="append", default_factory=dict)

@@ -136,7 +136,7 @@ from canon.engine.trainer import RunInfo, TaskData, Trainer, resolve_device
 from canon.tasks.base import NoOptions, Task
 
 __all__ = ["Task", "NoOptions", "TaskData", "RunInfo", "TASKS", "register_task", "get_task", "task_class",
-           "task_for_model", "all_task_classes", "train", "evaluate_checkpoint", "predict_images"]
+           "task_for_model", "all_task_classes", "train", "load_for_inference", "evaluate_checkpoint", "predict_images"]
 
 TASKS: dict[str, type[Task]] = {}
 
@@ -220,14 +220,46 @@ def _refuse_other_tasks_options(options: dict, cls: type[Task], model: str) -> N
             raise ValueError(f"{key} is an option of the {' and '.join(owners)} task; {model} is a {cls.name} model")
 
 
+def load_for_inference(target: str, weights: str | None = None):
+    """``(model, meta)`` from a run folder or checkpoint file, or from a registered model name with
+    ``weights`` (``"torchvision"``, ``"timm"``, a file, a URL): canon eval's and canon predict's
+    input. For released weights, ``meta["extra"]`` carries the publisher's preprocessing and class
+    names instead of a training run's input size and normalisation."""
+    from pathlib import Path as _Path
+
+    from canon.registry import create_model, model_info
+
+    if weights is None:
+        path = _Path(target)
+        if not path.exists() and "/" not in target and not path.suffix:  # a model name (or a typo of one)
+            model_info(target)  # an unknown name lists the closest registered ones
+            raise ValueError(f"{target} is a model name, not a run folder or checkpoint: give --weights "
+                             "(torchvision, timm, a file or a URL) to use released weights")
+        return load_model(target)
+    info = model_info(target)
+    model = create_model(target, weights=weights).eval()
+    extra = {"task": info.task}
+    preprocessing = getattr(model, "canon_preprocessing", None)
+    if preprocessing:
+        from canon.weights import class_names
+
+        extra["preprocessing"] = {k: v for k, v in preprocessing.items() if k != "categories"}
+        categories = preprocessing.get("categories")
+        if categories:
+            extra["class_names"] = class_names(categories)
+    source = getattr(model, "canon_weights", {}) or {}
+    return model, {"path": str(source.get("path") or source.get("url") or weights), "model": target, "extra": extra}
+
+
 def evaluate_checkpoint(checkpoint: str, *, data: str, data_dir: str | None = None, out_dir: str | None = None,
-                        batch_size: int = 256, device: str = "auto") -> dict[str, Any]:
-    """Evaluate on ``data``'s test split; write ``eval.json`` (and figures) to ``out_dir``."""
+                        batch_size: int = 256, device: str = "auto", weights: str | None = None) -> dict[str, Any]:
+    """Evaluate on ``data``'s test split; write ``eval.json`` (and figures) to ``out_dir`` (default:
+    the run folder, or the working directory for released weights)."""
     from torch.utils.data import DataLoader
 
     from canon.engine.data import DeviceLoader
 
-    model, meta = load_model(checkpoint)
+    model, meta = load_for_inference(checkpoint, weights)
     target = resolve_device(device)
     model.to(target)
     task = get_task(meta.get("extra", {}).get("task", "classification"))
@@ -239,7 +271,7 @@ def evaluate_checkpoint(checkpoint: str, *, data: str, data_dir: str | None = No
     loader = DeviceLoader(DataLoader(data_obj.test, batch_size=batch_size, shuffle=False, collate_fn=task.collate),
                           target)
     result = task.evaluate(model, loader, full=True)
-    out = Path(out_dir) if out_dir else Path(meta["path"]).parent
+    out = Path(out_dir) if out_dir else (Path(meta["path"]).parent if weights is None else Path("."))
     out.mkdir(parents=True, exist_ok=True)
     result = {"checkpoint": meta["path"], "model": meta["model"], "data": data, **result}
     result.update(task.write_figures(model, data_obj, result, out))
@@ -249,9 +281,9 @@ def evaluate_checkpoint(checkpoint: str, *, data: str, data_dir: str | None = No
 
 
 def predict_images(checkpoint: str, inputs: list[str], *, topk: int = 5, save_dir: str | None = None,
-                   device: str = "auto") -> list[dict]:
+                   device: str = "auto", weights: str | None = None) -> list[dict]:
     """``canon predict``: the checkpoint's task turns each input into a result dict."""
-    model, meta = load_model(checkpoint)
+    model, meta = load_for_inference(checkpoint, weights)
     target = resolve_device(device)
     model.to(target)
     task = get_task(meta.get("extra", {}).get("task", "classification"))

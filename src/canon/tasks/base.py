@@ -83,10 +83,12 @@ class Task:
 
     def build_model(self, run: RunInfo, data: TaskData) -> nn.Module:
         """The model to train; by default the registered ``run.config.model`` with the arguments
-        the data fixes (:meth:`model_kwargs`) and the user's ``--model-arg`` values."""
+        the data fixes (:meth:`model_kwargs`) and the user's ``--model-arg`` values, starting from
+        ``--weights`` when given."""
         from canon.registry import create_model
 
-        return create_model(run.config.model, **{**self.model_kwargs(data), **run.config.model_kwargs})
+        return create_model(run.config.model, weights=run.config.weights,
+                            **{**self.model_kwargs(data), **run.config.model_kwargs})
 
     def model_kwargs(self, data: TaskData) -> dict[str, Any]:
         """Constructor arguments the data fixes (e.g. ``num_classes``, ``in_chans``)."""

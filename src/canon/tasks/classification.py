@@ -268,6 +268,16 @@ class ClassificationTask(Task):
 
     def build_eval_data(self, data, data_dir, meta, model) -> TaskData:
         extra = meta.get("extra", {})
+        if extra.get("preprocessing"):  # released weights: the publisher's resize, crop and normalisation
+            from functools import partial
+
+            from canon.data import TransformedDataset, build_dataset
+            from canon.weights import preprocess
+
+            test_set = build_dataset(data, split="test", data_dir=data_dir)
+            self.info, self.input_size = test_set.info, (extra["preprocessing"]["crop"],) * 2
+            return TaskData(train=None, test=TransformedDataset(test_set, partial(
+                preprocess, preprocessing=extra["preprocessing"])), info=test_set.info)
         input_size = tuple(extra.get("input_size") or ()) or None
         _, test, info, input_size = self._datasets(data, data_dir, input_size, input_size or (32, 32), model,
                                                    train=False)
@@ -297,8 +307,16 @@ class ClassificationTask(Task):
         size = tuple(extra.get("input_size") or (32, 32))
         mean, std = extra.get("mean") or [0.0] * in_chans, extra.get("std") or [1.0] * in_chans
         class_names = extra.get("class_names") or []
-        # the evaluation pipeline of training: resize to the trained input size, then normalise
-        preprocess = T.Compose([T.Resize(size), T.Normalize(mean, std)])
+        # the evaluation pipeline of training: resize to the trained input size, then normalise; or, for
+        # released weights, the publisher's resize, centre crop and normalisation
+        if extra.get("preprocessing"):
+            from functools import partial
+
+            from canon.weights import preprocess as released_preprocess
+
+            preprocess = partial(released_preprocess, preprocessing=extra["preprocessing"])
+        else:
+            preprocess = T.Compose([T.Resize(size), T.Normalize(mean, std)])
         results = []
         for path in inputs:
             image = preprocess(load_image(path, in_chans)).to(device)
