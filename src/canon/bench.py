@@ -183,12 +183,40 @@ def _compile(model, x):
     return lambda: compiled(x)
 
 
+def _compile_frozen(model, x, channels_last: bool = False):
+    """torch.compile with inductor's ``freezing``: weights become constants, so batch norm folds
+    into the convolutions and oneDNN weights are prepacked (inference only). The first call,
+    which compiles, runs here under the setting."""
+    import torch._inductor.config as inductor_config
+
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
+    compiled = torch.compile(model)
+    with inductor_config.patch(freezing=True), torch.no_grad():
+        compiled(x)
+    return lambda: compiled(x)
+
+
+def _jit_frozen(model, x):
+    """TorchScript trace, frozen and optimised for inference (oneDNN convolutions with folded batch norm)."""
+    with torch.no_grad():
+        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, x)))
+    return lambda: frozen(x)
+
+
 MODES: dict[str, Mode] = {
     "eager": Mode("eager", _eager, "float32, contiguous (NCHW)"),
     "channels_last": Mode("channels_last", _channels_last, "float32, model and input in channels-last (NHWC)"),
     "bf16": Mode("bf16", _bf16, "torch.autocast('cpu', bfloat16)"),
     "channels_last_bf16": Mode("channels_last_bf16", _channels_last_bf16, "channels-last and bfloat16 autocast"),
     "compile": Mode("compile", _compile, "torch.compile (inductor), float32"),
+    "compile_frozen": Mode("compile_frozen", _compile_frozen, "torch.compile with inductor freezing (batch norm "
+                                                              "folded, weights prepacked), float32"),
+    "compile_frozen_channels_last": Mode("compile_frozen_channels_last",
+                                         lambda m, x: _compile_frozen(m, x, channels_last=True),
+                                         "the same in channels-last"),
+    "jit_frozen": Mode("jit_frozen", _jit_frozen, "TorchScript trace + freeze + optimize_for_inference, float32"),
 }
 
 
@@ -446,7 +474,9 @@ def select_modes(channels_last: bool = False, bf16: bool = False, compile: bool 
     if channels_last and bf16:
         modes.append("channels_last_bf16")
     if compile:
-        modes.append("compile")
+        modes += ["compile", "compile_frozen", "jit_frozen"]
+        if channels_last:
+            modes.append("compile_frozen_channels_last")
     return modes
 
 
@@ -522,7 +552,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--mode", choices=("infer", "train", "both"), default="infer")
     parser.add_argument("--channels-last", action="store_true", help="also time channels-last memory format")
     parser.add_argument("--bf16", action="store_true", help="also time bfloat16 autocast")
-    parser.add_argument("--compile", action="store_true", help="also time torch.compile")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (plain, with inductor freezing) and a frozen TorchScript trace")
     parser.add_argument("--best", action="store_true", help="time every mode and mark the fastest accurate one")
     parser.add_argument("--threads", type=int, help="torch and onnxruntime threads (default: torch's)")
     parser.add_argument("--no-onnx", action="store_true", help="skip the onnxruntime comparison")
