@@ -151,7 +151,12 @@ def main() -> None:
     for name in canon.list_models(task="detection", pattern=args.pattern):
         if name in args.skip:
             continue
-        for row in bench(name, args.batch_sizes, args.repeats):
+        try:
+            rows = bench(name, args.batch_sizes, args.repeats)
+        except Exception as error:  # one detector that cannot run here does not stop the table
+            print(f"| {name} | failed: {type(error).__name__}: {str(error)[:120]} | | | | | |", flush=True)
+            continue
+        for row in rows:
             print(f"| {name} | {row['input']} | {row['batch']} | {row['gmacs']:.1f} | {row['images_per_s']:.2f} | "
                   f"{row['gflops']:.1f} | {row['gflops'] / peak:.0%} |", flush=True)
             if "shares" in row:
