@@ -8,6 +8,16 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # The suite runs as `pytest -n 2` (pytest-xdist), one worker per core: each worker, and every
+    # canon or torchrun process a test starts, computes on one thread, so the two workers do not
+    # oversubscribe the cores (OpenMP threads that wait on each other are slower than one).
+    for _variable in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[_variable] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 
 def shared_data_dir() -> Path:
     env = os.environ.get("CANON_SHARED_DATA")
