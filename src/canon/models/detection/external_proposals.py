@@ -49,6 +49,24 @@ def check_proposals(proposals, images: Sequence[Tensor]) -> list[Tensor]:
     return checked
 
 
+def check_inputs(images, targets, in_chans: int, num_classes: int, training: bool):
+    """The proposal-based detectors' call contract: ``images`` checked as every canon detector checks
+    them, and ``targets`` (required in training) one dict per image with boxes and labels in range."""
+    from canon.models.detection.faster_rcnn import _check_images, _check_target  # the shared checks
+
+    images = _check_images(images, in_chans)
+    if training and targets is None:
+        raise ValueError("targets are required in training mode: one dict per image with 'boxes' Float[N, 4] "
+                         "(x1, y1, x2, y2) and 'labels' Int64[N]")
+    if targets is not None:
+        if not isinstance(targets, (list, tuple)) or len(targets) != len(images):
+            found = f"{len(targets)} targets" if isinstance(targets, (list, tuple)) else type(targets).__name__
+            raise ValueError(f"expected one target dict per image ({len(images)}), got {found}")
+        targets = [_check_target(t, i, image, num_classes, False, None)
+                   for i, (image, t) in enumerate(zip(images, targets))]
+    return images, targets
+
+
 def proposals_for(images: Sequence[Tensor], proposals, method, times: "StageTimes") -> list[Tensor]:
     """The given proposals checked, or ``method(image)`` for each image (timed as "proposals")."""
     if proposals is not None:

@@ -61,8 +61,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from canon.models.classification.alexnet import AlexNet
-from canon.models.detection.external_proposals import StageTimes, proposals_for, selective_search_proposals
-from canon.models.detection.faster_rcnn import _check_images, _check_target
+from canon.models.detection.external_proposals import (StageTimes, check_inputs, proposals_for,
+                                                       selective_search_proposals)
 from canon.models.detection.transform import IMAGENET_MEAN, IMAGENET_STD, example_detection_inputs
 from canon.ops import BalancedPositiveNegativeSampler, BoxCoder, batched_nms, box_iou, clip_boxes_to_image, roi_align
 from canon.registry import register_model
@@ -286,16 +286,7 @@ class RCNN(nn.Module):
         return {"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]}
 
     def forward(self, images, targets: Sequence[dict] | None = None, proposals: Sequence[Tensor] | None = None):
-        images = _check_images(images, 3)
-        if self.training and targets is None:
-            raise ValueError("targets are required in training mode: one dict per image with 'boxes' Float[N, 4] "
-                             "(x1, y1, x2, y2) and 'labels' Int64[N]")
-        if targets is not None:
-            if not isinstance(targets, (list, tuple)) or len(targets) != len(images):
-                found = f"{len(targets)} targets" if isinstance(targets, (list, tuple)) else type(targets).__name__
-                raise ValueError(f"expected one target dict per image ({len(images)}), got {found}")
-            targets = [_check_target(t, i, image, self.num_classes, False, None)
-                       for i, (image, t) in enumerate(zip(images, targets))]
+        images, targets = check_inputs(images, targets, 3, self.num_classes, self.training)
         proposals = proposals_for(images, proposals, self.proposal_method, self.times)
         if self.training:
             return {"loss_classifier": self.fine_tune_loss(images, targets, proposals)}

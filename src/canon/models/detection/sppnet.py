@@ -47,10 +47,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from canon.layers.norms import LocalResponseNorm
-from canon.models.detection.external_proposals import StageTimes, proposals_for, scale_proposals, \
+from canon.models.detection.external_proposals import StageTimes, check_inputs, proposals_for, scale_proposals, \
     selective_search_proposals
 from canon.models.detection.fast_rcnn import SingleMapBackbone, resnet18_c4_backbone
-from canon.models.detection.faster_rcnn import _check_images, _check_target
 from canon.models.detection.rcnn import BoxRegressors, LinearSVMs, region_labels
 from canon.models.detection.transform import (
     IMAGENET_MEAN, IMAGENET_STD, GeneralizedRCNNTransform, example_detection_inputs, resize_boxes,
@@ -245,16 +244,7 @@ class SPPNet(nn.Module):
         return {"boxes": boxes[keep], "labels": labels[keep], "scores": scores[keep]}
 
     def forward(self, images, targets: Sequence[dict] | None = None, proposals: Sequence[Tensor] | None = None):
-        images = _check_images(images, len(self.transform.image_mean))
-        if self.training and targets is None:
-            raise ValueError("targets are required in training mode: one dict per image with 'boxes' Float[N, 4] "
-                             "(x1, y1, x2, y2) and 'labels' Int64[N]")
-        if targets is not None:
-            if not isinstance(targets, (list, tuple)) or len(targets) != len(images):
-                found = f"{len(targets)} targets" if isinstance(targets, (list, tuple)) else type(targets).__name__
-                raise ValueError(f"expected one target dict per image ({len(images)}), got {found}")
-            targets = [_check_target(t, i, image, self.num_classes, False, None)
-                       for i, (image, t) in enumerate(zip(images, targets))]
+        images, targets = check_inputs(images, targets, len(self.transform.image_mean), self.num_classes, self.training)
         proposals = proposals_for(images, proposals, self.proposal_method, self.times)
         original_sizes = [(int(image.shape[-2]), int(image.shape[-1])) for image in images]
         if self.training:
