@@ -73,6 +73,22 @@ def test_builtin_modes_run_and_stay_close_on_a_tiny_model():
     assert select_modes(best=True) == list(MODES)
 
 
+
+@pytest.mark.slow
+def test_compiled_and_frozen_modes_match_float32_eager():
+    """The compiled modes (inductor, with freezing, with its C++ wrapper; the frozen TorchScript
+    trace) compute what PyTorch's float32 eager forward computes, on a model with batch norm to fold."""
+    torch.manual_seed(0)
+    model = canon.create_model("resnet20_cifar").eval()
+    x = torch.randn(2, 3, 32, 32)
+    compiled = ["compile", "compile_frozen", "compile_frozen_channels_last", "compile_frozen_cpp", "jit_frozen"]
+    result = best_mode(model, x, ["eager", *compiled], repeats=1, min_seconds=0)
+    by_name = {c.mode: c for c in result.candidates}
+    for name in compiled:
+        assert by_name[name].error is None and by_name[name].max_abs_diff < 1e-4, by_name[name]
+    assert select_modes(channels_last=True, compile=True)[-2:] == ["compile_frozen_channels_last",
+                                                                   "compile_frozen_cpp"]
+
 def test_bench_model_rows_and_figures(tmp_path):
     rows, info = bench_model("lenet5", batch_sizes=(1, 3), kind="both", modes=("eager", "channels_last"),
                              repeats=1, min_seconds=0, peak_gflops=100.0, workdir=tmp_path, threads=1)
