@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import canon
 from canon.data.detection import build_voc_xml
-from canon.metrics import coco_evaluate
+from test_yolo import ap50_on, fit_full_batch  # COCO AP50 of a detector's eval-mode detections; the training loop
 
 pytestmark = pytest.mark.slow
 
@@ -36,23 +36,6 @@ def raccoon_images(root, size: int):
     return images, targets
 
 
-def ap50_on(model, images, targets) -> float:
-    model.eval()
-    with torch.no_grad():
-        detections = model(images)
-    gt = {"images": [{"id": i} for i in range(len(images))], "categories": [{"id": 1}], "annotations": []}
-    for i, target in enumerate(targets):
-        for (x1, y1, x2, y2), label in zip(target["boxes"].tolist(), target["labels"].tolist()):
-            gt["annotations"].append({"id": len(gt["annotations"]) + 1, "image_id": i, "category_id": label,
-                                      "iscrowd": 0, "bbox": [x1, y1, x2 - x1, y2 - y1],
-                                      "area": (x2 - x1) * (y2 - y1)})
-    results = [{"image_id": i, "category_id": int(label), "score": float(score), "bbox": [x1, y1, x2 - x1, y2 - y1]}
-               for i, d in enumerate(detections)
-               for (x1, y1, x2, y2), label, score in zip(d["boxes"].tolist(), d["labels"].tolist(),
-                                                         d["scores"].tolist())]
-    return coco_evaluate(gt, results)["AP50"]
-
-
 # name, constructor options, input side, full-batch Adam steps, learning rate. In our runs (one
 # thread) every family was at AP50 1.0 by about two thirds of its steps.
 FAMILIES = [
@@ -71,10 +54,5 @@ def test_learns_eight_raccoon_images(shared_data, name, options, size, steps, lr
     assert sum(len(t["boxes"]) for t in targets) >= NUM_IMAGES  # every image holds a raccoon
     size_option = {} if name.startswith("retinanet") else {"image_size": size}
     model = canon.create_model(name, num_classes=2, **size_option, **options).train()  # raccoon + background
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(steps):
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    fit_full_batch(model, images, targets, steps, lr)
     assert ap50_on(model, images, targets) >= 0.9

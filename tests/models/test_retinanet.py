@@ -25,7 +25,7 @@ from canon.models.detection.retinanet import RetinaNetHead, match_anchors, retin
 from canon.ops import BoxCoder, Matcher
 from rcnn_references import ref_anchors, ref_batched_nms, ref_box_iou, ref_clip, ref_decode, ref_fpn, ref_matcher, \
     ref_resize_boxes, ref_transform
-from test_yolo import ap50_on, painted_rectangles  # the shared synthetic overfit set and its COCO AP50
+from test_yolo import ap50_on, fit_full_batch, painted_rectangles  # the shared synthetic overfit set and its COCO AP50
 
 torch.set_num_threads(1)
 
@@ -308,10 +308,5 @@ def test_retinanet_resnet18_fpn_overfits_painted_rectangles():
     # dominate the CPU time); AP50 >= 0.9 from about step 40 in our runs
     model = canon.create_model("retinanet_resnet18_fpn", num_classes=3, min_size=96, max_size=96).train()
     images, targets = painted_rectangles(2)
-    optimizer = torch.optim.Adam(model.parameters(), lr=3e-4)
-    for _ in range(60):
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    fit_full_batch(model, images, targets, 60, lr=3e-4)
     assert ap50_on(model, images, targets) >= 0.9

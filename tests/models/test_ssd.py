@@ -23,7 +23,7 @@ import torch.nn.functional as F
 import canon
 from canon.models.detection.ssd import (SSD300_ASPECT_RATIOS, SSD300_SCALES, SSD300_STEPS, DefaultBoxGenerator,
                                         hard_negative_mask, ssd_match)
-from test_yolo import ap50_on, painted_rectangles  # the shared synthetic overfit set and its COCO AP50
+from test_yolo import ap50_on, fit_full_batch, painted_rectangles  # the shared synthetic overfit set and its COCO AP50
 
 torch.set_num_threads(1)
 MAP_SIZES = [(38, 38), (19, 19), (10, 10), (5, 5), (3, 3), (1, 1)]
@@ -424,10 +424,5 @@ def test_ssd300_resnet18_overfits_painted_rectangles():
     torch.manual_seed(0)
     model = canon.create_model("ssd300_resnet18", num_classes=3, image_size=128).train()
     images, targets = painted_rectangles(4)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(60):
-        loss = sum(model(images, targets).values())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    fit_full_batch(model, images, targets, 60, lr=1e-3)
     assert ap50_on(model, images, targets) >= 0.9
