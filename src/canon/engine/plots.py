@@ -30,13 +30,16 @@ def plot_curves(history: list[dict], path: str | Path) -> None:
     plt = _pyplot()
     epochs = [row["epoch"] for row in history]
     fig, (ax_loss, ax_metric) = plt.subplots(1, 2, figsize=(10, 4))
+    plotted = False
     for key in ("train_loss", "test_loss"):
         points = [(e, row[key]) for e, row in zip(epochs, history) if key in row]
         if points:
             ax_loss.plot(*zip(*points), marker="o", label=key)
+            plotted = True
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("loss")
-    ax_loss.legend()
+    if plotted:  # a task without a single loss (generation: one per player) plots its own curves
+        ax_loss.legend()
     metric_keys = [k for k in history[-1] if k.endswith(("accuracy", "miou", "dice")) and not k.endswith("_per_s")]
     for key in metric_keys:
         points = [(e, row[key]) for e, row in zip(epochs, history) if key in row]
