@@ -64,7 +64,8 @@ def main() -> None:
         sum(losses.values()).backward()
         optimizer.step()
         if step % 10 == 0:
-            print(f"step {step:3d}  {time.time() - start:5.0f} s  keypoint loss {float(losses['loss_keypoint']):.3f}")
+            keypoint_loss = float(losses["loss_keypoint"].detach())
+            print(f"step {step:3d}  {time.time() - start:5.0f} s  keypoint loss {keypoint_loss:.3f}")
     model.eval()
     with torch.no_grad():
         found = model(images)
