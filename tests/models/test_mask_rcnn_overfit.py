@@ -2,20 +2,21 @@
 
 The first 8 images of ``../shared/data/coco-mini``'s train split (in the annotation file's order)
 that hold one to three instances, each covering at least 5 % of its image, resized so that the
-longer side is 128 px (boxes scaled, masks resized by nearest neighbour). After a short full-batch
+longer side is 128 px (``canon.data.detection_transforms.resize_min_max``). After a short full-batch
 Adam run from scratch, the eval-mode detections on those same images must reach COCO box AP50 >= 0.9
-(``canon.metrics.coco_evaluate``, pycocotools-exact): the RPN's and the heads' losses, the target
-assignment (masks included) and the decoding agree with one another. Skipped when the real data
+(``canon.metrics.coco_evaluate``, pycocotools-exact) and their pasted masks a mean IoU >= 0.6 with the
+instances' own masks: the RPN's and the heads' losses, the target assignment (masks included) and
+the decoding agree with one another. Skipped when the real data
 are absent.
 """
 from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import canon
 from canon.data.detection import build_coco
+from canon.data.detection_transforms import resize_min_max
 from test_yolo import ap50_on  # COCO AP50 of a detector's eval-mode detections
 
 pytestmark = pytest.mark.slow
@@ -39,13 +40,9 @@ def small_coco_images(root):
         areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         if not 1 <= len(boxes) <= 3 or float(areas.min()) < 0.05 * height * width:
             continue
-        scale = SIDE / max(height, width)
-        size = (round(height * scale), round(width * scale))
-        images.append(F.interpolate(image[None], size=size, mode="bilinear", antialias=True,
-                                    align_corners=False)[0].clamp(0, 1))
-        masks = F.interpolate(target["masks"][None].float(), size=size, mode="nearest")[0].to(torch.uint8)
-        factor = torch.tensor([size[1] / width, size[0] / height, size[1] / width, size[0] / height])
-        targets.append({"boxes": boxes * factor, "labels": target["labels"], "masks": masks})
+        image, target = resize_min_max(image, target, SIDE, SIDE)  # boxes scaled, masks nearest
+        images.append(image.clamp(0, 1))
+        targets.append({"boxes": target["boxes"], "labels": target["labels"], "masks": target["masks"]})
         if len(images) == NUM_IMAGES:
             break
     return images, targets
@@ -62,15 +59,26 @@ def test_maskrcnn_learns_eight_coco_mini_images(shared_data):
     assert ap50_on(model, images, targets) < 0.1  # not by chance at the start
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    for _ in range(50):  # in our run (one thread): AP50 0.66 at step 30, 1.0 from step 40
+    for _ in range(80):  # in our run: AP50 0.68 at step 30, 0.82 at 50, 1.0 at 80
         losses = model(images, targets)
         assert set(losses) >= {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg"}
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
     assert ap50_on(model, images, targets) >= 0.9
-    # the masks come back at the input's size, one per detection
+    # the masks: one per detection at the input's size, and the top detection of each instance's class
+    # covers that instance's own mask (IoU written here with plain tensor ops; 0.84 on average in our run)
     model.eval()
     with torch.no_grad():
-        found = model(images[:1])[0]
-    assert found["masks"].shape[1:] == (1, *images[0].shape[-2:])
+        found = model(images)
+    ious = []
+    for detections, target in zip(found, targets):
+        assert detections["masks"].shape[1:] == (1, *target["masks"].shape[-2:])
+        for label, truth in zip(target["labels"], target["masks"].bool()):
+            same_class = (detections["labels"] == label).nonzero().flatten()
+            if len(same_class) == 0:
+                ious.append(0.0)
+                continue
+            predicted = detections["masks"][same_class[0], 0] > 0.5
+            ious.append(float((predicted & truth).sum() / (predicted | truth).sum()))
+    assert sum(ious) / len(ious) >= 0.6, ious
